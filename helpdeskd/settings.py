@@ -1,0 +1,112 @@
+"""Frozen configuration values. :mod:`helpdeskd.config` builds them from TOML after validating it whole."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+LANGUAGES = ("es", "en")  # languages every template and display name must exist in
+
+
+@dataclass(frozen=True)
+class Localized:
+    """A text per language, with the fallback chain requested → default → English → any."""
+
+    texts: tuple[tuple[str, str], ...]
+
+    def get(self, lang: str, default: str = "en") -> str:
+        table = dict(self.texts)
+        for candidate in (lang, default, "en"):
+            if candidate in table:
+                return table[candidate]
+        return self.texts[0][1] if self.texts else ""
+
+
+@dataclass(frozen=True)
+class Queue:
+    key: str
+    name: Localized
+    staff: tuple[str, ...] = ()
+    escalation: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Priority:
+    key: str
+    name: Localized
+    description: Localized
+    response_target_minutes: int  # target time to first response
+    rank: int  # 0 is the most urgent; the order of [[priorities]] in the file
+
+
+@dataclass(frozen=True)
+class Category:
+    key: str
+    name: Localized
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """One intake. In this version: protocol ``maildir`` (a local Maildir polled on an interval)."""
+
+    name: str
+    protocol: str
+    path: Path | None
+    interval_seconds: float
+    queue: str | None = None
+    priority: str | None = None
+    category: str | None = None
+
+
+@dataclass(frozen=True)
+class Helpdesk:
+    enabled: bool
+    name: str
+    address: str  # the public helpdesk address, From of everything we send
+    allow_customer_tickets: bool
+    default_queue: str
+    default_priority: str
+    default_category: str
+    subject_tag: str  # e.g. "[Soporte #{id}]"; must contain {id}
+    default_language: str
+    detect_language: bool  # guess es/en from the text when no header says it
+    message_id_domain: str
+    state_dir: Path
+    templates_dir: Path
+    acknowledge_followups: bool = True
+
+
+@dataclass(frozen=True)
+class Config:
+    helpdesk: Helpdesk
+    queues: tuple[Queue, ...]
+    priorities: tuple[Priority, ...]
+    categories: tuple[Category, ...]
+    mailboxes: tuple[Mailbox, ...] = ()
+    log_level: str = "info"
+    source_path: Path | None = None
+    limits: "Limits" = field(default_factory=lambda: Limits())
+
+    def queue(self, key: str) -> Queue | None:
+        return next((q for q in self.queues if q.key == key), None)
+
+    def priority(self, key: str) -> Priority | None:
+        return next((p for p in self.priorities if p.key == key), None)
+
+    def category(self, key: str) -> Category | None:
+        return next((c for c in self.categories if c.key == key), None)
+
+    def priority_rank(self, key: str) -> int:
+        """Sort position of a priority; retired priorities sort after every configured one."""
+        found = self.priority(key)
+        return found.rank if found else len(self.priorities)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on the work one message may cause."""
+
+    max_message_bytes: int = 25 * 1024 * 1024
+    max_parts: int = 200
+    max_depth: int = 20
+    max_header_bytes: int = 64 * 1024

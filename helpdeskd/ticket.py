@@ -1,0 +1,47 @@
+"""Ticket values. The store persists them; the core reads and produces them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+
+class Status(StrEnum):
+    NEW = "new"
+    OPEN = "open"
+    CLOSED = "closed"
+    REOPENED = "reopened"
+
+
+@dataclass(frozen=True)
+class Requester:
+    addr: str
+    name: str = ""
+    language: str = "en"
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """Current metadata of one ticket (``ticket.toml``). History lives in its events."""
+
+    id: int
+    subject: str
+    status: Status
+    queue: str
+    priority: str
+    category: str
+    requester: Requester
+    created: str  # ISO 8601, UTC
+    updated: str
+    token: str  # secret: proves a reply belongs to this ticket
+    source: str = ""
+    message_ids: tuple[str, ...] = ()  # Message-IDs seen, inbound and ours
+    message_keys: tuple[str, ...] = ()  # idempotency keys of the messages filed here
+    mail_count: int = 0  # raw messages stored under mail/
+    extra: dict = field(default_factory=dict, compare=False)  # keys later versions add; kept on rewrite
+
+    def with_changes(self, **changes) -> "Ticket":
+        return replace(self, **changes)
+
+    def has_key(self, key: str) -> bool:
+        return key in self.message_keys
