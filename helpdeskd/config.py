@@ -1,0 +1,549 @@
+"""Load the TOML configuration and validate it whole into frozen :mod:`helpdeskd.settings` values.
+
+Layer 2 adapter; stdlib only. Nothing here raises on a bad file except :class:`ConfigError`, and that one
+carries *every* problem found, each prefixed with its key path (``queues[2].name: missing``), so an admin
+fixes the file in one pass and a failed reload can say exactly why it kept the old configuration.
+
+The reading is done by :class:`_Reader`, a view of one TOML table that records problems instead of raising
+and remembers which keys were asked for, so leftovers are reported as unknown keys (usually typos).
+Validation is pure: no file system checks beyond reading the file itself; directories are created by the
+daemon, not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import re
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from email.utils import parseaddr
+from typing import Any, NamedTuple, TypeVar
+
+from helpdeskd.errors import ConfigError
+from helpdeskd.settings import (
+    LANGUAGES,
+    Category,
+    Config,
+    Helpdesk,
+    Limits,
+    Localized,
+    Mailbox,
+    Priority,
+    Queue,
+)
+
+__all__ = ["KEY_PATTERN", "LOG_LEVELS", "PROTOCOLS", "build_config", "load_config"]
+
+KEY_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")  # queue/priority/category keys, mailbox names
+LOG_LEVELS = ("debug", "info", "warning", "error")
+PROTOCOLS = ("maildir",)  # pop3 and imap come later; until then they are refused, not ignored
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+# A sane subset of RFC 5322 dot-atoms: no quoted local parts, no IP literals, no comments.
+_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?")
+_INTERVAL = re.compile(r"(\d+(?:\.\d+)?)([smh])")
+_SECONDS_PER = {"s": 1, "m": 60, "h": 3600}
+
+DURATION_HINT = 'expected a duration like "4h", "30m", "2d" or minutes as an integer'
+INTERVAL_HINT = 'expected seconds as a positive number or a duration like "30s", "5m"'
+
+_REQUIRED: Any = object()  # sentinel default: the key must be present
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate the TOML file at ``path``.
+
+    Relative paths inside the file resolve against the file's directory. Returns a :class:`Config` whose
+    ``source_path`` is the file's absolute path. Raises :class:`ConfigError` (``source`` = ``str(path)``)
+    when the file cannot be read, is not UTF-8 TOML, or fails validation; never anything else.
+    """
+    source = Path(path)
+    data = _read_toml(source)
+    absolute = source.resolve()
+    config = build_config(data, absolute.parent, source=str(path))
+    return dataclasses.replace(config, source_path=absolute)
+
+
+def build_config(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
+    """Validate an already parsed TOML document into a :class:`Config` (``source_path`` left ``None``).
+
+    ``base_dir`` anchors relative paths (state_dir, templates_dir, mailbox paths). Every problem is
+    collected; if there is any, :class:`ConfigError` is raised with all of them and ``source``.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError([f"expected a TOML table at the top level, got {_describe(data)}"], source)
+    problems: list[str] = []
+    config = _config(_Reader(data, "", problems), Path(base_dir))
+    if problems:
+        raise ConfigError(problems, source)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The parsed document, or ConfigError naming why the file could not be read or parsed."""
+    try:
+        with path.open("rb") as stream:
+            return tomllib.load(stream)
+    except OSError as exc:
+        raise ConfigError([f"cannot read the file: {exc.strerror or exc}"], str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"the file is not valid UTF-8 (byte {exc.start})"], str(path)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"TOML syntax error: {exc}"], str(path)) from exc
+
+
+# --------------------------------------------------------------------------- the reader
+
+
+class _Kind(NamedTuple):
+    """What a value must be: a phrase for messages and a predicate."""
+
+    expected: str
+    accepts: Callable[[Any], bool]
+
+
+def _is_int(value: Any) -> bool:
+    # bool is a subclass of int in Python; in TOML `true` is not a number.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+STRING = _Kind("a string", lambda v: isinstance(v, str))
+BOOLEAN = _Kind("true or false", lambda v: isinstance(v, bool))
+POSITIVE_INT = _Kind("a positive integer", lambda v: _is_int(v) and v > 0)
+TABLE = _Kind("a table", lambda v: isinstance(v, dict))
+ARRAY = _Kind("an array", lambda v: isinstance(v, list))
+ANY = _Kind("a value", lambda v: True)
+_EXAMPLE = ", ".join(f'{lang} = "..."' for lang in LANGUAGES)
+LOCALIZED = _Kind(f"a table with a text per language, like {{ {_EXAMPLE} }}", lambda v: isinstance(v, dict))
+
+
+class _Reader:
+    """One TOML table being read.
+
+    Accessors return the value, the default when the key is absent, or ``None`` after recording a
+    problem; they never raise. :meth:`finish` reports every key no accessor asked for.
+    """
+
+    def __init__(self, table: dict[str, Any], path: str, problems: list[str]) -> None:
+        self.table = table
+        self.path = path
+        self.problems = problems
+        self.known: list[str] = []
+
+    def at(self, key: str) -> str:
+        """The full key path of ``key`` (which may carry an index suffix like ``staff[1]``)."""
+        return f"{self.path}.{key}" if self.path else key
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.at(key)}: {message}")
+
+    def has(self, key: str) -> bool:
+        return key in self.table
+
+    def get(self, key: str, kind: _Kind, default: Any = _REQUIRED) -> Any:
+        """The value of ``key`` if it is of ``kind``; ``default`` if absent; else None and a problem."""
+        self.known.append(key)
+        if key not in self.table:
+            if default is _REQUIRED:
+                self.problem(key, "missing")
+                return None
+            return default
+        value = self.table[key]
+        if kind.accepts(value):
+            return value
+        self.problem(key, f"expected {kind.expected}, got {_describe(value)}")
+        return None
+
+    def text(self, key: str, default: Any = _REQUIRED, *, single_line: bool = True) -> Any:
+        """A non-empty string; ``single_line`` refuses CR/LF because such values end up in headers."""
+        value = self.get(key, STRING, default)
+        if not self.has(key) or value is None:
+            return value
+        if not value.strip():
+            return self.refuse(key, "must not be empty")
+        if single_line and ("\r" in value or "\n" in value):
+            return self.refuse(key, "must not contain line breaks")
+        return value
+
+    def refuse(self, key: str, message: str) -> None:
+        """Record a problem and return None, so checks read ``return self.refuse(...)``."""
+        self.problem(key, message)
+        return None
+
+    def child(self, key: str, required: bool = True) -> _Reader | None:
+        """A reader for the sub-table ``key``; an empty one when optional and absent; None on problems."""
+        value = self.get(key, TABLE, _REQUIRED if required else {})
+        return None if value is None else _Reader(value, self.at(key), self.problems)
+
+    def children(self, key: str) -> list[_Reader]:
+        """Readers for the array of tables ``key`` (``[[key]]``); absent means empty."""
+        items = self.get(key, ARRAY, []) or []
+        readers = []
+        for index, item in enumerate(items):
+            if isinstance(item, dict):
+                readers.append(_Reader(item, self.at(f"{key}[{index}]"), self.problems))
+            else:
+                self.problem(f"{key}[{index}]", f"expected a table, got {_describe(item)}")
+        return readers
+
+    def finish(self) -> None:
+        """Report keys nobody asked for, with the closest known key when there is one."""
+        for key in self.table:
+            if key not in self.known:
+                self.problem(key, "unknown key" + _suggestion(key, self.known))
+
+
+def _suggestion(key: str, known: list[str]) -> str:
+    match = difflib.get_close_matches(key, known, n=1)
+    return f' (did you mean "{match[0]}"?)' if match else ""
+
+
+def _quote(text: str) -> str:
+    """A string as TOML would write it, so messages show exactly what the admin typed."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _describe(value: Any) -> str:
+    """The TOML type of ``value``, with the value itself when it is a short scalar."""
+    if isinstance(value, bool):
+        return f"boolean {str(value).lower()}"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"string {_quote(shown)}"
+    names = {int: "integer", float: "float", dict: "table", list: "array"}
+    name = next((n for t, n in names.items() if isinstance(value, t)), "date/time")
+    return f"{name} {value}" if name in ("integer", "float") else name
+
+
+# --------------------------------------------------------------------------- the document
+
+
+class _Declared(NamedTuple):
+    """Keys the file declares, for reference checks; read leniently so one bad entry does not cascade."""
+
+    queues: tuple[str, ...]
+    priorities: tuple[str, ...]
+    categories: tuple[str, ...]
+
+
+def _declared(data: dict[str, Any], section: str) -> tuple[str, ...]:
+    items = data.get(section)
+    if not isinstance(items, list):
+        return ()
+    return tuple(i["key"] for i in items if isinstance(i, dict) and isinstance(i.get("key"), str))
+
+
+def _config(root: _Reader, base_dir: Path) -> Config:
+    """Read every section in file order; the result is meaningful only when no problem was recorded."""
+    declared = _Declared(*(_declared(root.table, s) for s in ("queues", "priorities", "categories")))
+    helpdesk = _helpdesk(root.child("helpdesk"), declared, base_dir)
+    log_level = _log_level(root.child("logging", required=False))
+    limits = _limits(root.child("limits", required=False))
+    own = helpdesk.address if helpdesk else None
+    config = Config(
+        helpdesk=helpdesk,  # type: ignore[arg-type]  # None only when a problem was recorded
+        queues=_section(root, "queues", "key", lambda r, i: _queue(r, own)),
+        priorities=_section(root, "priorities", "key", _priority),
+        categories=_section(root, "categories", "key", lambda r, i: _category(r)),
+        mailboxes=_section(root, "mailboxes", "name", lambda r, i: _mailbox(r, declared, base_dir)),
+        log_level=log_level,
+        limits=limits,
+    )
+    root.finish()
+    return config
+
+
+def _section(root: _Reader, name: str, id_field: str, parse: Callable[[_Reader, int], T]) -> tuple[T, ...]:
+    """Parse each ``[[name]]`` entry, check ``id_field`` is unique, require one entry unless mailboxes."""
+    readers = root.children(name)
+    values = []
+    for index, reader in enumerate(readers):
+        values.append(parse(reader, index))
+        reader.finish()
+    _check_unique(readers, id_field)
+    if not readers and name != "mailboxes" and root.table.get(name, []) == []:
+        root.problem(name, f"at least one [[{name}]] entry is required")
+    return tuple(values)
+
+
+def _check_unique(readers: list[_Reader], field: str) -> None:
+    first: dict[str, str] = {}
+    for reader in readers:
+        value = reader.table.get(field)
+        if not isinstance(value, str):
+            continue
+        if value in first:
+            reader.problem(field, f"duplicate {_quote(value)} (first defined at {first[value]})")
+        else:
+            first[value] = reader.at(field)
+
+
+# --------------------------------------------------------------------------- [helpdesk]
+
+
+def _helpdesk(r: _Reader | None, declared: _Declared, base_dir: Path) -> Helpdesk | None:
+    """The [helpdesk] table: identity, defaults for new tickets, and where state and templates live."""
+    if r is None:
+        return None
+    identity = _identity(r)
+    defaults = _defaults(r, declared)
+    places = {
+        "state_dir": _path(r, "state_dir", base_dir, "../state"),
+        "templates_dir": _path(r, "templates_dir", base_dir, "../templates"),
+    }
+    r.finish()
+    return Helpdesk(**identity, **defaults, **places)
+
+
+def _identity(r: _Reader) -> dict[str, Any]:
+    """Who the helpdesk is: switches, display name, address, subject tag, Message-ID domain."""
+    values = {
+        "enabled": r.get("enabled", BOOLEAN),
+        "name": r.text("name"),
+        "address": _address(r, "address"),
+        "allow_customer_tickets": r.get("allow_customer_tickets", BOOLEAN),
+        "subject_tag": _subject_tag(r),
+        "acknowledge_followups": r.get("acknowledge_followups", BOOLEAN, True),
+    }
+    values["message_id_domain"] = _message_id_domain(r, values["address"])
+    return values
+
+
+def _defaults(r: _Reader, declared: _Declared) -> dict[str, Any]:
+    """What a new ticket gets when nothing else decides, and the language choices."""
+    return {
+        "default_queue": _reference(r, "default_queue", declared.queues, "queue"),
+        "default_priority": _reference(r, "default_priority", declared.priorities, "priority"),
+        "default_category": _reference(r, "default_category", declared.categories, "category"),
+        "default_language": _choice(r, "default_language", LANGUAGES, "a supported language"),
+        "detect_language": r.get("detect_language", BOOLEAN, True),
+    }
+
+
+def _subject_tag(r: _Reader) -> str | None:
+    """The tag must carry ``{id}`` exactly once and nothing else in braces, so filling it in (with
+    ``format(id=...)`` or a replace) can never fail or leak a field at send time."""
+    tag = r.text("subject_tag")
+    if tag is None:
+        return None
+    if tag.count("{id}") != 1:
+        return r.refuse("subject_tag", "must contain {id} exactly once")
+    if "{" in tag.replace("{id}", "") or "}" in tag.replace("{id}", ""):
+        return r.refuse("subject_tag", "no braces other than the one {id} are allowed")
+    return tag
+
+
+def _message_id_domain(r: _Reader, address: str | None) -> str | None:
+    """Explicit domain, or the helpdesk address's domain (our Message-IDs identify our own mail)."""
+    fallback = address.rpartition("@")[2] if address else ""
+    domain = r.text("message_id_domain", fallback)
+    if domain and r.has("message_id_domain") and not _valid_domain(domain):
+        return r.refuse("message_id_domain", f"{_quote(domain)} is not a valid domain name")
+    return domain
+
+
+def _path(r: _Reader, key: str, base_dir: Path, default: Any = _REQUIRED) -> Path | None:
+    """A path; relative ones are anchored at the config file's directory, not the working directory."""
+    value = r.text(key, default)
+    return None if value is None else (base_dir / Path(value).expanduser()).resolve()
+
+
+# --------------------------------------------------------------------------- small sections
+
+
+def _log_level(r: _Reader | None) -> str:
+    if r is None:
+        return "info"
+    level = _choice(r, "level", LOG_LEVELS, "a log level", default="info")
+    r.finish()
+    return level or "info"
+
+
+def _limits(r: _Reader | None) -> Limits:
+    """[limits]: every field of settings.Limits, optional, a positive integer."""
+    if r is None:
+        return Limits()
+    values = {}
+    for field in dataclasses.fields(Limits):
+        value = r.get(field.name, POSITIVE_INT, field.default)
+        if value is not None:
+            values[field.name] = value
+    r.finish()
+    return Limits(**values)
+
+
+def _queue(r: _Reader, own_address: str | None) -> Queue:
+    return Queue(
+        key=_key(r, "key"),
+        name=_localized(r, "name"),
+        staff=_addresses(r, "staff", own_address),
+        escalation=_addresses(r, "escalation", own_address),
+    )
+
+
+def _priority(r: _Reader, rank: int) -> Priority:
+    """Rank is the position in the file: the first [[priorities]] entry is the most urgent."""
+    return Priority(
+        key=_key(r, "key"),
+        name=_localized(r, "name"),
+        description=_localized(r, "description", single_line=False),
+        response_target_minutes=_minutes(r, "response_target"),
+        rank=rank,
+    )
+
+
+def _category(r: _Reader) -> Category:
+    return Category(key=_key(r, "key"), name=_localized(r, "name"))
+
+
+def _mailbox(r: _Reader, declared: _Declared, base_dir: Path) -> Mailbox:
+    name = _key(r, "name")
+    protocol = _choice(r, "protocol", PROTOCOLS, "", unsupported=True)
+    path_default = _REQUIRED if protocol == "maildir" else None
+    return Mailbox(
+        name=name,
+        protocol=protocol,
+        path=_path(r, "path", base_dir, path_default),
+        interval_seconds=_interval(r, "interval", 10.0),
+        queue=_reference(r, "queue", declared.queues, "queue", required=False),
+        priority=_reference(r, "priority", declared.priorities, "priority", required=False),
+        category=_reference(r, "category", declared.categories, "category", required=False),
+    )
+
+
+# --------------------------------------------------------------------------- value checks
+
+
+def _key(r: _Reader, field: str) -> str | None:
+    value = r.text(field)
+    if value is not None and not KEY_PATTERN.fullmatch(value):
+        return r.refuse(field, f"{_quote(value)} is not a valid key: use 1-40 lowercase letters, digits, "
+                               "'_' or '-', starting with a letter or digit")
+    return value
+
+
+def _choice(r: _Reader, key: str, allowed: tuple[str, ...], what: str, default: Any = _REQUIRED,
+            unsupported: bool = False) -> str | None:
+    """One of ``allowed``; ``unsupported`` words the refusal for features that are not built yet."""
+    value = r.text(key, default)
+    if value is None or value in allowed:
+        return value
+    listed = ", ".join(allowed)
+    if unsupported:
+        return r.refuse(key, f"{_quote(value)} is not supported in this version (supported: {listed})")
+    return r.refuse(key, f"{_quote(value)} is not {what} (known: {listed})")
+
+
+def _reference(r: _Reader, key: str, known: tuple[str, ...], what: str, required: bool = True) -> str | None:
+    """A key that must name a configured queue, priority or category."""
+    value = r.text(key, _REQUIRED if required else None)
+    if value is None or value in known:
+        return value
+    listed = ", ".join(known) or "none"
+    return r.refuse(key, f"{_quote(value)} is not a configured {what} (known: {listed})")
+
+
+def _localized(r: _Reader, key: str, *, single_line: bool = True) -> Localized:
+    """A table with one non-empty text per language in LANGUAGES, and no other language."""
+    table = r.get(key, LOCALIZED)
+    if table is None:
+        return Localized(texts=())
+    sub = _Reader(table, r.at(key), r.problems)
+    texts = tuple((lang, sub.text(lang, single_line=single_line)) for lang in LANGUAGES)
+    for lang in table:
+        if lang not in LANGUAGES:
+            sub.problem(lang, f"unknown language (supported: {', '.join(LANGUAGES)})")
+    return Localized(texts=tuple((lang, text) for lang, text in texts if text is not None))
+
+
+def _address(r: _Reader, key: str) -> str | None:
+    value = r.get(key, ANY)
+    if value is None:
+        return None
+    problem = _address_problem(value)
+    return r.refuse(key, problem) if problem else value
+
+
+def _addresses(r: _Reader, key: str, own_address: str | None) -> tuple[str, ...]:
+    """A list of staff addresses; the helpdesk's own address is refused because mail to it would loop."""
+    values = r.get(key, ARRAY, []) or []
+    good = []
+    for index, value in enumerate(values):
+        problem = _address_problem(value)
+        if not problem and own_address and value.lower() == own_address.lower():
+            problem = f"{_quote(value)} is the helpdesk's own address; mail to it would loop"
+        if problem:
+            r.problem(f"{key}[{index}]", problem)
+        else:
+            good.append(value)
+    return tuple(good)
+
+
+def _address_problem(value: Any) -> str | None:
+    """Why ``value`` is not one bare email address (``user@example.com``), or None if it is."""
+    if not isinstance(value, str):
+        return f"expected an email address, got {_describe(value)}"
+    if "\r" in value or "\n" in value:
+        return "must not contain line breaks"
+    display, address = parseaddr(value)
+    if display or address != value or not _valid_address(value):
+        return f"{_quote(value)} is not a valid email address (write it bare, like support@example.com)"
+    return None
+
+
+def _valid_address(address: str) -> bool:
+    local, at, domain = address.rpartition("@")
+    return bool(at) and len(address) <= 254 and len(local) <= 64 and bool(_LOCAL_PART.fullmatch(local)) \
+        and _valid_domain(domain)
+
+
+def _valid_domain(domain: str) -> bool:
+    return len(domain) <= 253 and bool(_DOMAIN.fullmatch(domain))
+
+
+def _minutes(r: _Reader, key: str) -> int | None:
+    """Integer minutes, or "30m" / "4h" / "2d" (combinable, "1d12h"); must be more than zero."""
+    value = r.get(key, ANY)
+    if value is None:
+        return None
+    minutes = value if _is_int(value) else _parse_duration(value)
+    if minutes is None:
+        return r.refuse(key, DURATION_HINT)
+    if minutes <= 0:
+        return r.refuse(key, "must be more than zero")
+    return minutes
+
+
+def _parse_duration(value: Any) -> int | None:
+    match = _DURATION.fullmatch(value.replace(" ", "").lower()) if isinstance(value, str) else None
+    if not match or not any(match.groups()):
+        return None
+    days, hours, minutes = (int(g or 0) for g in match.groups())
+    return (days * 24 + hours) * 60 + minutes
+
+
+def _interval(r: _Reader, key: str, default: float) -> float | None:
+    """Seconds between polls: a positive number, or "30s" / "5m" / "1h"."""
+    value = r.get(key, ANY, default)
+    seconds = _parse_interval(value)
+    if seconds is None:
+        return r.refuse(key, INTERVAL_HINT)
+    return seconds
+
+
+def _parse_interval(value: Any) -> float | None:
+    if isinstance(value, str):
+        match = _INTERVAL.fullmatch(value.strip().lower())
+        value = float(match[1]) * _SECONDS_PER[match[2]] if match else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        return None
+    return float(value)
