@@ -33,9 +33,13 @@ class Ignore:
 
 @dataclass(frozen=True)
 class Refuse:
-    """Not accepted as a ticket (helpdesk disabled, customers may not submit); the raw mail is kept."""
+    """Not accepted as a ticket (helpdesk disabled, customers may not submit); the raw mail is kept.
+
+    ``code`` is stable (``disabled``, ``customers_not_allowed``) so templates can explain it per language.
+    """
 
     reason: str
+    code: str = ""
 
 
 Action = NewTicket | FollowUp | Ignore | Refuse

@@ -1,0 +1,132 @@
+"""``helpdeskd``: the daemon and its mail-side commands (run, once, deliver, check-config, fsck)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from . import logs
+from .cycle import Services, file_safely
+from .errors import ConfigError, StoreLocked, TransientError
+from .intake import log_outcome, poll_maildir
+from .message import Inbound
+from .runtime import Runtime, config_path, load
+from .store.fsck import fsck
+from .store.lock import DAEMON, WRITE, StateLock
+
+EX_OK, EX_FAIL, EX_USAGE, EX_DATAERR, EX_TEMPFAIL = 0, 1, 2, 65, 75
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    path = config_path(args.config)
+    try:
+        runtime = load(path)
+    except ConfigError as exc:
+        return _config_failed(exc, args.command)
+    logs.setup(args.log_level or runtime.config.log_level)
+    try:
+        return args.func(args, path, runtime)
+    except StoreLocked as exc:
+        print(f"helpdeskd: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL if args.command == "deliver" else EX_FAIL
+    except KeyboardInterrupt:
+        return 130
+
+
+def _config_failed(exc: ConfigError, command: str) -> int:
+    print(f"helpdeskd: configuration {exc.source} is invalid:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+    # An MTA should keep the mail and retry while an admin mends the config.
+    return EX_TEMPFAIL if command == "deliver" else EX_FAIL
+
+
+def cmd_check_config(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
+    c = runtime.config
+    print(
+        f"helpdeskd: configuration {path} is valid: {len(c.queues)} queues, {len(c.priorities)} priorities, "
+        f"{len(c.categories)} categories, {len(c.mailboxes)} mailboxes, templates in {c.helpdesk.templates_dir}"
+        + ("" if c.helpdesk.enabled else " (helpdesk disabled)")
+    )
+    return EX_OK
+
+
+def cmd_run(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
+    from .daemon import run_daemon  # asyncio machinery only for the daemon
+
+    return run_daemon(path, runtime)
+
+
+def cmd_once(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
+    """Poll every mailbox once, file what is there, exit (cron-friendly)."""
+    with StateLock(runtime.config.helpdesk.state_dir, DAEMON).acquire():
+        svc = Services.open(runtime.config, runtime.templates)
+        failed = False
+        for mailbox in runtime.config.mailboxes:
+            result = poll_maildir(mailbox, svc)
+            failed |= result.error is not None
+            print(f"{mailbox.name}: " + (", ".join(f"{n} {k}" for k, n in sorted(result.counts.items())) or "no mail")
+                  + (f" (error: {result.error})" if result.error else ""))
+    return EX_FAIL if failed else EX_OK
+
+
+def cmd_deliver(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
+    """One message on stdin (an MTA pipe). 0 when filed (or kept), 75 when the MTA should retry."""
+    limit = runtime.config.limits.max_message_bytes
+    raw = sys.stdin.buffer.read(limit + 1)
+    if len(raw) > limit:
+        print(f"helpdeskd: message exceeds limits.max_message_bytes ({limit})", file=sys.stderr)
+        return EX_DATAERR
+    mailbox = next((m for m in runtime.config.mailboxes if m.name == args.mailbox), None)
+    started = time.monotonic()
+    try:
+        svc = Services.open(runtime.config, runtime.templates)
+        with svc.write_lock(args.wait):
+            outcome = file_safely(Inbound(args.mailbox, "stdin", raw), svc, mailbox)
+    except (TransientError, OSError) as exc:
+        print(f"helpdeskd: not filed, try again later: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
+    log_outcome(outcome, args.mailbox, started)
+    return EX_OK
+
+
+def cmd_fsck(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
+    with StateLock(runtime.config.helpdesk.state_dir, WRITE).acquire(wait_seconds=args.wait):
+        report = fsck(runtime.config.helpdesk.state_dir, rebuild=not args.check_only)
+    for line in report.repaired:
+        print(f"repaired: {line}")
+    for line in report.problems:
+        print(f"problem: {line}")
+    print(f"{report.tickets} tickets checked, {report.indexed_message_ids} Message-IDs and "
+          f"{report.indexed_keys} message keys indexed, {len(report.problems)} problems")
+    return EX_FAIL if report.problems else EX_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="helpdeskd", description="Email-first helpdesk daemon.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", help="TOML file (default: $HELPDESKD_CONFIG or /etc/helpdeskd/helpdeskd.toml)")
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="overrides [logging] level")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", parents=[common], help="run the daemon").set_defaults(func=cmd_run)
+    once = sub.add_parser("once", parents=[common], help="poll every mailbox once and exit")
+    once.set_defaults(func=cmd_once)
+    deliver = sub.add_parser("deliver", parents=[common], help="file one message from stdin (MTA pipe)")
+    deliver.add_argument("--mailbox", default="deliver", help="intake name recorded on the ticket; a configured "
+                         "mailbox name applies its queue/priority/category defaults")
+    deliver.set_defaults(func=cmd_deliver)
+    sub.add_parser("check-config", parents=[common], help="validate the config and templates").set_defaults(
+        func=cmd_check_config)
+    fsck_p = sub.add_parser("fsck", parents=[common], help="check the store and rebuild its indexes")
+    fsck_p.add_argument("--check-only", action="store_true", help="report, change nothing")
+    fsck_p.set_defaults(func=cmd_fsck)
+    for p in (deliver, fsck_p):
+        p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the state lock (default 30)")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

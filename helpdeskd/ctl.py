@@ -1,0 +1,197 @@
+"""``helpdeskctl``: looking at tickets, the outbox and the quarantine (read-only in this version)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import load_config
+from .errors import ConfigError
+from .parse import parse
+from .settings import Config
+from .store.holding import Holding
+from .store.outbox import STATES, Outbox
+from .store.tickets import TicketStore, ticket_to_dict
+from .ticket import Ticket
+from .runtime import config_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = load_config(config_path(args.config))
+    except ConfigError as exc:
+        print(f"helpdeskctl: configuration {exc.source} is invalid:", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 1
+    return args.func(args, config)
+
+
+# -- list -------------------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace, config: Config) -> int:
+    store = TicketStore(config.helpdesk.state_dir)
+    tickets = [t for t in store.iter_tickets() if _wanted(t, args)]
+    tickets.sort(key=lambda t: (config.priority_rank(t.priority), t.created, t.id))
+    if args.json:
+        json.dump([ticket_to_dict(t) | {"token": None} for t in tickets], sys.stdout, ensure_ascii=False, indent=1)
+        print()
+        return 0
+    lang = config.helpdesk.default_language
+    rows = [("#", "STATUS", "PRIORITY", "QUEUE", "CATEGORY", "REQUESTER", "CREATED", "SUBJECT")]
+    for t in tickets:
+        rows.append((str(t.id), str(t.status), _label(config.priority(t.priority), t.priority, lang),
+                     _label(config.queue(t.queue), t.queue, lang), _label(config.category(t.category), t.category, lang),
+                     t.requester.addr, t.created[:16].replace("T", " "), t.subject[:60]))
+    _table(rows)
+    print(f"{len(tickets)} ticket(s)")
+    return 0
+
+
+def _wanted(ticket: Ticket, args: argparse.Namespace) -> bool:
+    if args.status:
+        if str(ticket.status) not in args.status:
+            return False
+    elif not args.all and ticket.status == "closed":
+        return False
+    checks = ((args.queue, ticket.queue), (args.priority, ticket.priority), (args.category, ticket.category))
+    if any(want and value not in want for want, value in checks):
+        return False
+    return not args.requester or args.requester.lower() in ticket.requester.addr
+
+
+def _label(entry, key: str, lang: str) -> str:
+    """Display name in ``lang``; entries removed from the config show as retired, not as errors."""
+    return entry.name.get(lang) if entry else f"{key} (retired)"
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+# -- show -------------------------------------------------------------------------------------------
+def cmd_show(args: argparse.Namespace, config: Config) -> int:
+    store = TicketStore(config.helpdesk.state_dir)
+    ticket = store.get(args.ticket)
+    if ticket is None:
+        print(f"helpdeskctl: no ticket #{args.ticket}", file=sys.stderr)
+        return 1
+    events = store.events(ticket.id)
+    outbox = Outbox(config.helpdesk.state_dir)
+    if args.json:
+        json.dump({"ticket": ticket_to_dict(ticket) | {"token": None}, "events": events}, sys.stdout,
+                  ensure_ascii=False, indent=1)
+        print()
+        return 0
+    lang = config.helpdesk.default_language
+    print(f"Ticket #{ticket.id}: {ticket.subject}")
+    print(f"  status {ticket.status} · priority {_label(config.priority(ticket.priority), ticket.priority, lang)}"
+          f" · queue {_label(config.queue(ticket.queue), ticket.queue, lang)}"
+          f" · category {_label(config.category(ticket.category), ticket.category, lang)}")
+    r = ticket.requester
+    print(f"  requester {r.name + ' ' if r.name else ''}<{r.addr}> ({r.language}) · created {ticket.created}"
+          f" · updated {ticket.updated} · via {ticket.source}")
+    for event in events:
+        print()
+        _show_event(event, outbox)
+    return 0
+
+
+def _show_event(event: dict, outbox: Outbox) -> None:
+    kind, at = event.get("type"), event.get("at", "")
+    if kind == "message":
+        print(f"── {at} message from {event.get('from_name') or ''} <{event.get('from')}>")
+        print(f"   Subject: {event.get('subject')}")
+        for att in event.get("attachments", []):
+            print(f"   Attachment: {att.get('filename') or '(unnamed)'} ({att.get('content_type')}, {att.get('size')} bytes)")
+        print(_indent(event.get("text", "")))
+    elif kind == "reply_queued":
+        state = outbox.state_of(event.get("ref", ""))
+        print(f"── {at} {event.get('template')} ({event.get('language')}) to {event.get('to')} [outbox: {state or 'gone'}]")
+        if state:
+            entry = outbox.read(outbox.root / state / f"{event['ref']}.msg", state)
+            sent = parse(entry.data)
+            print(f"   Subject: {sent.subject}")
+            print(_indent(sent.text))
+    elif kind == "created":
+        print(f"── {at} ticket created (queue {event.get('queue')}, priority {event.get('priority')}, "
+              f"category {event.get('category')})")
+    elif kind == "status":
+        print(f"── {at} status {event.get('from')} → {event.get('to')} by {event.get('by')}")
+    else:
+        details = {k: v for k, v in event.items() if k not in ("at", "type", "ref")}
+        print(f"── {at} {kind}: {details.get('text') or json.dumps(details, ensure_ascii=False)}")
+
+
+def _indent(text: str) -> str:
+    return "\n".join("   │ " + line for line in text.rstrip().splitlines()) or "   │"
+
+
+# -- outbox, quarantine -----------------------------------------------------------------------------
+def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
+    outbox = Outbox(config.helpdesk.state_dir)
+    entries = list(outbox.entries(tuple(args.state) if args.state else STATES))
+    if args.json:
+        json.dump([{"id": e.id, "state": e.state, "envelope": e.envelope, "reason": e.reason} for e in entries],
+                  sys.stdout, ensure_ascii=False, indent=1)
+        print()
+        return 0
+    for e in entries:
+        sent = parse(e.data)
+        print(f"{e.id}  {e.state:6}  to {', '.join(e.envelope.get('to', []))}  ticket #{e.envelope.get('ticket')}"
+              f"  {sent.subject}" + (f"  ({e.reason})" if e.reason else ""))
+        if args.verbose:
+            print(_indent(sent.text))
+    depth = outbox.depth()
+    print(", ".join(f"{n} {state}" for state, n in depth.items()) + " (new = waiting to be sent)")
+    return 0
+
+
+def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
+    items = list(Holding(config.helpdesk.state_dir, args.folder).items())
+    if args.json:
+        json.dump([{"id": i.id, "reason": i.reason, "source": i.source, "at": i.at, "path": str(i.path)}
+                   for i in items], sys.stdout, ensure_ascii=False, indent=1)
+        print()
+        return 0
+    for i in items:
+        print(f"{i.id}  {i.at}  {i.source}  {i.reason}")
+    print(f"{len(items)} message(s) in {args.folder}/")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="helpdeskctl", description="Look at helpdeskd tickets and queues.")
+    parser.add_argument("-c", "--config", help="TOML file (default: $HELPDESKD_CONFIG or /etc/helpdeskd/helpdeskd.toml)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    lst = sub.add_parser("list", help="tickets, most urgent priority first, then oldest")
+    for name in ("status", "queue", "priority", "category"):
+        lst.add_argument(f"--{name}", action="append", help=f"only this {name} (repeatable)")
+    lst.add_argument("--requester", help="only requesters whose address contains this")
+    lst.add_argument("--all", action="store_true", help="include closed tickets")
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_list)
+    show = sub.add_parser("show", help="a ticket's metadata and conversation")
+    show.add_argument("ticket", type=int)
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_show)
+    out = sub.add_parser("outbox", help="mail waiting to be sent, sent, or failed")
+    out.add_argument("--state", action="append", choices=STATES)
+    out.add_argument("-v", "--verbose", action="store_true", help="print each message's text")
+    out.add_argument("--json", action="store_true")
+    out.set_defaults(func=cmd_outbox)
+    quar = sub.add_parser("quarantine", help="mail that could not be processed, with the reason")
+    quar.add_argument("--json", action="store_true")
+    quar.set_defaults(func=cmd_quarantine, folder="quarantine")
+    ref = sub.add_parser("refused", help="mail refused by policy (helpdesk disabled, ...), kept with the reason")
+    ref.add_argument("--json", action="store_true")
+    ref.set_defaults(func=cmd_quarantine, folder="refused")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())

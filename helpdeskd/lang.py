@@ -1,0 +1,43 @@
+"""Choosing the language to answer in: what the mail declares, else a guess from its words, else the default."""
+
+from __future__ import annotations
+
+import re
+
+from .message import Message
+
+# Short, frequent function words that tell Spanish and English apart even in a two-line mail.
+_MARKERS = {
+    "es": frozenset(
+        "el la los las de del que y en un una por para con no es está mi su se lo al como pero hola gracias "
+        "buenos buenas días tengo puedo favor saludos problema correo cuenta ayuda sitio dominio funciona".split()
+    ),
+    "en": frozenset(
+        "the and is are to of in for with my your it this that not can cannot hello hi thanks thank please "
+        "regards problem mail account help site domain working have does".split()
+    ),
+}
+_WORD = re.compile(r"[a-záéíóúñü]+")
+
+
+def guess_language(text: str, sample: int = 2000) -> str | None:
+    """Spanish or English by counting marker words in the first ``sample`` characters; None if unclear."""
+    words = _WORD.findall(text[:sample].lower())
+    scores = {lang: sum(1 for w in words if w in markers) for lang, markers in _MARKERS.items()}
+    if any(ch in text[:sample] for ch in "ñ¿¡"):
+        scores["es"] += 3
+    best = max(scores, key=scores.__getitem__)
+    other = min(scores.values())
+    return best if scores[best] >= 2 and scores[best] > 1.5 * other else None
+
+
+def choose_language(message: Message, supported: tuple[str, ...], default: str, detect: bool) -> str:
+    """Declared language (Content-Language, Accept-Language) → guessed from the text → ``default``."""
+    for lang in message.languages:
+        if lang in supported:
+            return lang
+    if detect:
+        guessed = guess_language(f"{message.subject}\n{message.text}")
+        if guessed in supported:
+            return guessed
+    return default

@@ -1,0 +1,75 @@
+"""When not to answer automatically (RFC 3834 and common practice), so helpdeskd never feeds a mail loop.
+
+Mail that fails these checks is still filed or recorded; it only gets no automatic answer.
+"""
+
+from __future__ import annotations
+
+from .message import Message
+
+LOOP_HEADER = "x-helpdeskd-loop"  # we put it on everything we send, valued with our address
+
+_ROBOT_LOCALPARTS = ("mailer-daemon", "postmaster", "noreply", "no-reply", "donotreply", "do-not-reply")
+_REPORT_TYPES = ("delivery-status", "disposition-notification", "feedback-report")
+
+
+def no_autoreply_reason(message: Message, our_address: str, our_domain: str) -> str | None:
+    """Why this message must not get an automatic answer, or None when answering is fine."""
+    for check in (_auto_submitted, _precedence, _list_headers, _suppress, _report):
+        reason = check(message)
+        if reason:
+            return reason
+    return _sender_reason(message, our_address) or _ours(message, our_address, our_domain)
+
+
+def _auto_submitted(message: Message) -> str | None:
+    value = (message.header("auto-submitted") or "no").strip().lower()
+    return None if value.split(";")[0].strip() == "no" else f"Auto-Submitted: {value}"
+
+
+def _precedence(message: Message) -> str | None:
+    value = (message.header("precedence") or "").strip().lower()
+    return f"Precedence: {value}" if value in ("bulk", "junk", "list", "auto_reply") else None
+
+
+def _list_headers(message: Message) -> str | None:
+    names = sorted({name for name, _ in message.headers if name.startswith("list-")})
+    return f"mailing list mail ({names[0]})" if names else None
+
+
+def _suppress(message: Message) -> str | None:
+    value = message.header("x-auto-response-suppress")
+    if value is None:
+        return None
+    tokens = {t.strip().lower() for t in value.split(",")}
+    return "X-Auto-Response-Suppress" if tokens & {"all", "autoreply", "oof"} else None
+
+
+def _report(message: Message) -> str | None:
+    ctype = (message.header("content-type") or "").lower()
+    if "multipart/report" in ctype or any(t in ctype for t in _REPORT_TYPES):
+        return "delivery or read report"
+    if message.header("x-autoreply") or message.header("x-autorespond"):
+        return "sender marks itself as an autoresponder"
+    return None
+
+
+def _sender_reason(message: Message, our_address: str) -> str | None:
+    if message.return_path == "":
+        return "null return path (<>)"
+    if message.sender is None or "@" not in message.sender.addr:
+        return "no usable From address"
+    local = message.sender.addr.split("@", 1)[0]
+    if local in _ROBOT_LOCALPARTS or local.endswith("-request") or local.startswith("owner-"):
+        return f"robot sender {message.sender.addr}"
+    if message.sender.addr == our_address.lower():
+        return "sent from our own address"
+    return None
+
+
+def _ours(message: Message, our_address: str, our_domain: str) -> str | None:
+    if (message.header(LOOP_HEADER) or "").strip().lower() == our_address.lower():
+        return "our own mail came back (loop header)"
+    if message.message_id.lower().endswith("@" + our_domain.lower()):
+        return "our own mail came back (Message-ID)"
+    return None

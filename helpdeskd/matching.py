@@ -1,0 +1,85 @@
+"""Finding the ticket a message answers: our Message-IDs, our subject tag, and the proof a reply belongs.
+
+Our Message-IDs look like ``<hd.<ticket>.<sig>.<unique>@<domain>>`` where ``sig`` is an HMAC of the
+ticket number under the ticket's secret token, so a reply that quotes one proves it saw our mail.
+Subject tags and foreign Message-IDs are hints only; authorization is decided in :mod:`helpdeskd.decide`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+
+from .message import Message
+
+_OURS = re.compile(r"^hd\.(\d{1,12})\.([0-9a-f]{16})\.[0-9a-z]+@(.+)$", re.IGNORECASE)
+
+
+def sign(token: str, ticket_id: int) -> str:
+    return hmac.new(token.encode(), f"ticket:{ticket_id}".encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def verify(token: str, ticket_id: int, signature: str) -> bool:
+    """Constant-time check that ``signature`` was made with this ticket's token."""
+    return hmac.compare_digest(sign(token, ticket_id), signature.lower())
+
+
+def make_message_id(ticket_id: int, token: str, unique: str, domain: str) -> str:
+    """One of our Message-IDs (without angle brackets). ``unique`` keeps each mail's id distinct."""
+    return f"hd.{ticket_id}.{sign(token, ticket_id)}.{unique}@{domain}"
+
+
+@dataclass(frozen=True)
+class Reference:
+    ticket_id: int
+    signature: str | None  # present when the reference came from one of our Message-IDs
+
+
+def our_references(message: Message, domain: str) -> list[Reference]:
+    """Our Message-IDs quoted in In-Reply-To / References, most recent first."""
+    found: list[Reference] = []
+    for mid in (*message.in_reply_to, *reversed(message.references)):
+        match = _OURS.match(mid)
+        if match and match.group(3).lower() == domain.lower():
+            ref = Reference(int(match.group(1)), match.group(2).lower())
+            if ref not in found:
+                found.append(ref)
+    return found
+
+
+def is_our_message_id(message_id: str, domain: str) -> bool:
+    match = _OURS.match(message_id)
+    return bool(match and match.group(3).lower() == domain.lower())
+
+
+def tag_pattern(tag_format: str) -> re.Pattern[str]:
+    """A forgiving regex for the configured subject tag: spaces and case may vary, ``{id}`` is the number."""
+    before, _, after = tag_format.partition("{id}")
+
+    def loose(text: str) -> str:
+        return r"\s*".join(re.escape(ch) for ch in text.replace(" ", ""))
+
+    return re.compile(loose(before) + r"\s*(\d{1,12})\s*" + loose(after), re.IGNORECASE)
+
+
+def tagged_ids(subject: str, tag_format: str) -> list[int]:
+    """Ticket numbers in our subject tag, in order of appearance (a forward may carry two)."""
+    return [int(m.group(1)) for m in tag_pattern(tag_format).finditer(subject)]
+
+
+def render_tag(tag_format: str, ticket_id: int) -> str:
+    return tag_format.replace("{id}", str(ticket_id))
+
+
+_PREFIX = re.compile(
+    r"^\s*(?:(?:re|aw|sv|vs|antw|antwort|rv|res|ref|fw|fwd|wg|tr|enc|rif|r|i|odp|vl|atb)"
+    r"(?:\s*\[\d+\])?\s*[:：]\s*)+",
+    re.IGNORECASE,
+)
+
+
+def strip_reply_prefixes(subject: str) -> str:
+    """``Re: AW: Fwd: x`` → ``x``, for the localized prefixes clients add."""
+    return _PREFIX.sub("", subject).strip()

@@ -1,0 +1,85 @@
+"""Checking the store and rebuilding its indexes from the ticket folders (the source of truth)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import PermanentError
+from .fsutil import atomic_write, ensure_dir
+from .holding import Holding
+from .tickets import TicketStore
+
+
+@dataclass
+class FsckReport:
+    tickets: int = 0
+    problems: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    indexed_keys: int = 0
+    indexed_message_ids: int = 0
+
+
+def fsck(state_dir: Path, *, rebuild: bool = True) -> FsckReport:
+    """Check every ticket folder; with ``rebuild`` recreate the Message-ID index and missing claims.
+
+    Problems that need a person (unreadable metadata, missing mail files) are reported, not "fixed".
+    """
+    store, report = TicketStore(state_dir), FsckReport()
+    if rebuild:
+        shutil.rmtree(state_dir / "index" / "msgid", ignore_errors=True)
+        ensure_dir(state_dir / "index" / "msgid")
+    highest = 0
+    for ticket_id in store.iter_ids():
+        highest = max(highest, ticket_id)
+        _check_ticket(store, ticket_id, report, rebuild)
+    _check_seq(store, highest, report)
+    if rebuild:
+        _claim_refused(store, Holding(state_dir, "refused"), report)
+    return report
+
+
+def _check_ticket(store: TicketStore, ticket_id: int, report: FsckReport, rebuild: bool) -> None:
+    try:
+        ticket = store.get(ticket_id)
+    except PermanentError as exc:
+        report.problems.append(str(exc))
+        return
+    if ticket is None:
+        report.problems.append(f"ticket #{ticket_id}: folder without ticket.toml (crash during creation?)")
+        return
+    report.tickets += 1
+    mail = store.ticket_dir(ticket_id) / "mail"
+    for key in ticket.message_keys:
+        if next(mail.glob(f"*-{key}.eml"), None) is None:
+            report.problems.append(f"ticket #{ticket_id}: raw mail for message key {key} is missing")
+    if rebuild:
+        _reindex(store, ticket, report)
+
+
+def _reindex(store: TicketStore, ticket, report: FsckReport) -> None:
+    for message_id in ticket.message_ids:
+        store.index_message_id(message_id, ticket.id)
+        report.indexed_message_ids += 1
+    for key in ticket.message_keys:
+        if store.read_claim(key) is None:
+            # The message is on the ticket already: re-filing it must do nothing, so no answer is recorded.
+            store.write_claim(key, {"action": "followup", "ticket": ticket.id, "reply": None, "lang": "en",
+                                    "notes": [], "rebuilt": True})
+            report.repaired.append(f"claim for message {key} on ticket #{ticket.id} recreated")
+        report.indexed_keys += 1
+
+
+def _check_seq(store: TicketStore, highest: int, report: FsckReport) -> None:
+    if store.last_id() < highest:
+        atomic_write(store.root / "seq", f"{highest}\n".encode())
+        report.repaired.append(f"ticket sequence raised to {highest} (it was behind the highest ticket)")
+
+
+def _claim_refused(store: TicketStore, refused: Holding, report: FsckReport) -> None:
+    for item in refused.items():
+        if store.read_claim(item.id) is None:
+            store.write_claim(item.id, {"action": "refused", "ticket": None, "reply": None, "lang": "en",
+                                        "notes": [], "reason": item.reason, "rebuilt": True})
+            report.repaired.append(f"claim for refused message {item.id} recreated")

@@ -1,0 +1,63 @@
+"""Folders for mail that did not become part of a ticket, kept with the reason: never silently lost.
+
+``quarantine/`` holds what could not be processed (an error); ``refused/`` holds what policy turned
+away (helpdesk disabled, customers may not submit). Each item is ``<key>.eml`` (the raw bytes) and
+``<key>.json`` (why, when, and where it came from).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from .fsutil import atomic_write, create_exclusive, ensure_dir, fsync_dir
+from .tickets import utcnow
+
+
+@dataclass(frozen=True)
+class HeldItem:
+    id: str
+    reason: str
+    source: str
+    at: str
+    path: Path
+
+
+class Holding:
+    def __init__(self, state_dir: Path, name: str) -> None:
+        self.root = ensure_dir(state_dir / name)
+
+    def put(self, item_id: str, raw: bytes, reason: str, source: str) -> None:
+        """Keep ``raw`` with ``reason``. The bytes are durable before the reason is written."""
+        create_exclusive(self.root / f"{item_id}.eml", raw)
+        meta = {"id": item_id, "reason": reason, "source": source, "at": utcnow()}
+        atomic_write(self.root / f"{item_id}.json", json.dumps(meta, ensure_ascii=False, indent=1).encode())
+
+    def adopt(self, item_id: str, path: Path, reason: str, source: str) -> None:
+        """Take over a file without reading it into memory (oversized mail): move it in, then record why."""
+        shutil.move(str(path), str(self.root / f"{item_id}.eml"))
+        fsync_dir(self.root)
+        meta = {"id": item_id, "reason": reason, "source": source, "at": utcnow()}
+        atomic_write(self.root / f"{item_id}.json", json.dumps(meta, ensure_ascii=False, indent=1).encode())
+
+    def has(self, item_id: str) -> bool:
+        return (self.root / f"{item_id}.eml").exists()
+
+    def raw(self, item_id: str) -> bytes:
+        return (self.root / f"{item_id}.eml").read_bytes()
+
+    def remove(self, item_id: str) -> None:
+        for suffix in (".json", ".eml"):
+            (self.root / f"{item_id}{suffix}").unlink(missing_ok=True)
+
+    def items(self) -> Iterator[HeldItem]:
+        for eml in sorted(self.root.glob("*.eml"), key=lambda p: p.stat().st_mtime):
+            meta_path = eml.with_suffix(".json")
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            except (FileNotFoundError, ValueError):
+                meta = {"reason": "(reason not recorded: crash while holding)", "source": "", "at": ""}
+            yield HeldItem(eml.stem, meta.get("reason", ""), meta.get("source", ""), meta.get("at", ""), eml)

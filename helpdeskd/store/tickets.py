@@ -1,0 +1,206 @@
+"""Tickets on disk: one folder each, metadata in TOML, history in JSON lines, raw mail byte for byte.
+
+Layout under the state directory::
+
+    seq                                    last ticket id handed out
+    tickets/<id // 1000>/<id>/ticket.toml  current metadata, replaced atomically
+    tickets/<id // 1000>/<id>/events.jsonl append-only history
+    tickets/<id // 1000>/<id>/mail/<n>-<key>.eml   raw messages, never modified
+    index/keys/<k[:2]>/<k>                 message key → decision record (JSON), see helpdeskd.cycle
+    index/msgid/<h[:2]>/<h>                sha1(Message-ID) → ticket id
+
+Tickets are sharded by thousands so no directory grows past a thousand entries; index entries are
+hashed into 256 buckets. Both make a lookup one path resolution, whatever the number of tickets.
+Indexes are caches: :mod:`helpdeskd.store.fsck` rebuilds them from the ticket folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from collections.abc import Iterator
+from dataclasses import fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import tomli_w
+
+from ..errors import PermanentError
+from ..ticket import Requester, Status, Ticket
+from .fsutil import append_durable, atomic_write, create_exclusive, ensure_dir
+
+_TICKET_FIELDS = {f.name for f in fields(Ticket)} - {"extra", "requester", "status"}
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class TicketStore:
+    """Reads and writes tickets. Callers hold the state lock for every write."""
+
+    def __init__(self, state_dir: Path, *, durable: bool = True) -> None:
+        self.root = state_dir
+        self.durable = durable  # False only for bulk tools (benchmarks) that can redo their work
+        for sub in ("tickets", "index/keys", "index/msgid"):
+            ensure_dir(state_dir / sub)
+
+    # -- paths ---------------------------------------------------------------------------------
+    def ticket_dir(self, ticket_id: int) -> Path:
+        return self.root / "tickets" / str(ticket_id // 1000) / str(ticket_id)
+
+    def _key_path(self, key: str) -> Path:
+        return self.root / "index" / "keys" / key[:2] / key
+
+    def _msgid_path(self, message_id: str) -> Path:
+        digest = hashlib.sha1(message_id.strip().lower().encode("utf-8", "replace")).hexdigest()
+        return self.root / "index" / "msgid" / digest[:2] / digest
+
+    # -- ids -----------------------------------------------------------------------------------
+    def allocate_id(self) -> int:
+        """Next ticket id. A crash after this call leaves a gap in the numbering, never a reuse."""
+        seq = self.root / "seq"
+        last = int(seq.read_text().strip() or 0) if seq.exists() else 0
+        atomic_write(seq, f"{last + 1}\n".encode(), durable=self.durable)
+        return last + 1
+
+    def last_id(self) -> int:
+        seq = self.root / "seq"
+        return int(seq.read_text().strip() or 0) if seq.exists() else 0
+
+    # -- tickets -------------------------------------------------------------------------------
+    def get(self, ticket_id: int) -> Ticket | None:
+        path = self.ticket_dir(ticket_id) / "ticket.toml"
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise PermanentError(f"{path}: unreadable ticket metadata: {exc}") from exc
+        return ticket_from_dict(data)
+
+    def save(self, ticket: Ticket) -> None:
+        """Replace the ticket's metadata atomically (creating its folder the first time)."""
+        folder = self.ticket_dir(ticket.id)
+        if not folder.is_dir():
+            ensure_dir(folder / "mail")
+        atomic_write(folder / "ticket.toml", tomli_w.dumps(ticket_to_dict(ticket)).encode(), durable=self.durable)
+
+    def store_mail(self, ticket: Ticket, key: str, raw: bytes) -> str:
+        """Keep raw bytes under ``mail/``; returns the file name. Storing the same key twice is a no-op."""
+        mail = ensure_dir(self.ticket_dir(ticket.id) / "mail")
+        existing = next(mail.glob(f"*-{key}.eml"), None)
+        if existing is not None:
+            return existing.name
+        name = f"{ticket.mail_count + 1:04d}-{key}.eml"
+        if self.durable:
+            create_exclusive(mail / name, raw)
+        else:
+            (mail / name).write_bytes(raw)
+        return name
+
+    def mail_path(self, ticket_id: int, name: str) -> Path:
+        return self.ticket_dir(ticket_id) / "mail" / name
+
+    def iter_ids(self) -> Iterator[int]:
+        """Every ticket id that has a folder, in ascending order."""
+        base = self.root / "tickets"
+        for shard in sorted((p for p in base.iterdir() if p.name.isdigit()), key=lambda p: int(p.name)):
+            yield from sorted(int(p.name) for p in shard.iterdir() if p.name.isdigit())
+
+    def iter_tickets(self) -> Iterator[Ticket]:
+        for ticket_id in self.iter_ids():
+            ticket = self.get(ticket_id)
+            if ticket is not None:
+                yield ticket
+
+    # -- history -------------------------------------------------------------------------------
+    def append_event(self, ticket_id: int, event: dict) -> None:
+        """Append one event (a JSON object with at least ``type``); ``at`` is added when missing."""
+        record = {"at": utcnow(), **event}
+        line = json.dumps(record, ensure_ascii=False, sort_keys=True).encode() + b"\n"
+        path = ensure_dir(self.ticket_dir(ticket_id)) / "events.jsonl"
+        if self.durable:
+            append_durable(path, line)
+        else:
+            with path.open("ab") as out:
+                out.write(line)
+
+    def events(self, ticket_id: int) -> list[dict]:
+        """The ticket's history, oldest first. A torn last line (crash mid-append) is skipped."""
+        path = self.ticket_dir(ticket_id) / "events.jsonl"
+        try:
+            lines = path.read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+        return out
+
+    def has_event(self, ticket_id: int, type_: str, ref: str) -> bool:
+        return any(e.get("type") == type_ and e.get("ref") == ref for e in self.events(ticket_id))
+
+    # -- indexes -------------------------------------------------------------------------------
+    def read_claim(self, key: str) -> dict | None:
+        """The decision recorded for a message key, or None when the message is new to us."""
+        try:
+            return json.loads(self._key_path(key).read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return None  # torn by a crash before rename cannot happen; a hand-edited file is ignored
+
+    def write_claim(self, key: str, record: dict) -> None:
+        path = self._key_path(key)
+        if not path.parent.is_dir():
+            ensure_dir(path.parent)
+        atomic_write(path, json.dumps(record, sort_keys=True).encode(), durable=self.durable)
+
+    def find_by_key(self, key: str) -> int | None:
+        claim = self.read_claim(key)
+        return claim.get("ticket") if claim else None
+
+    def index_message_id(self, message_id: str, ticket_id: int) -> None:
+        if not message_id:
+            return
+        path = self._msgid_path(message_id)
+        if not path.parent.is_dir():
+            ensure_dir(path.parent)
+        atomic_write(path, f"{ticket_id}\n".encode(), durable=self.durable)
+
+    def find_by_message_id(self, message_id: str) -> int | None:
+        if not message_id:
+            return None
+        try:
+            return int(self._msgid_path(message_id).read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+
+def ticket_to_dict(ticket: Ticket) -> dict:
+    data = dict(ticket.extra)
+    data.update({name: getattr(ticket, name) for name in _TICKET_FIELDS})
+    data["status"] = str(ticket.status)
+    data["message_ids"] = list(ticket.message_ids)
+    data["message_keys"] = list(ticket.message_keys)
+    r = ticket.requester
+    data["requester"] = {"addr": r.addr, "name": r.name, "language": r.language}
+    return data
+
+
+def ticket_from_dict(data: dict) -> Ticket:
+    known = {name: data[name] for name in _TICKET_FIELDS if name in data}
+    known["message_ids"] = tuple(known.get("message_ids", ()))
+    known["message_keys"] = tuple(known.get("message_keys", ()))
+    extra = {k: v for k, v in data.items() if k not in _TICKET_FIELDS | {"requester", "status"}}
+    return Ticket(
+        status=Status(data.get("status", "new")),
+        requester=Requester(**data.get("requester", {"addr": ""})),
+        extra=extra,
+        **known,
+    )

@@ -1,0 +1,177 @@
+"""Jinja templates for the mail we send, per language, with per-queue overrides.
+
+Layout of the templates folder::
+
+    <lang>/<name>.subject        one line (rendered, whitespace collapsed)
+    <lang>/<name>.txt            the plain-text body (always)
+    <lang>/<name>.html           optional HTML alternative (autoescaped)
+    queues/<queue>/<lang>/...    same names; wins over the general one for that queue's tickets
+
+Lookup for a requester language L: queue override in L, general L, then the same for the helpdesk's
+default language, then English. Mail content is only ever passed as data (template variables),
+never as template source; ``StrictUndefined`` turns a misspelt variable into an error at check time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from .errors import ConfigError
+from .matching import render_tag
+from .settings import LANGUAGES, Config
+from .ticket import Requester, Status, Ticket
+
+TICKET_TEMPLATES = ("ack_new", "ack_followup", "reopened", "closed")  # rendered with context_for
+PLAIN_TEMPLATES = ("refused",)  # no ticket exists: rendered with refusal_context
+REQUIRED = TICKET_TEMPLATES + PLAIN_TEMPLATES
+PARTS = ("subject", "txt", "html")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str | None
+
+
+class Templates:
+    def __init__(self, directory: Path, default_language: str) -> None:
+        self.directory = directory
+        self.default_language = default_language
+        loader = jinja2.FileSystemLoader(str(directory))
+        common = dict(loader=loader, undefined=jinja2.StrictUndefined, auto_reload=False, keep_trailing_newline=True)
+        self._plain = jinja2.Environment(autoescape=False, **common)
+        self._html = jinja2.Environment(autoescape=True, **common)
+
+    def _chain(self, name: str, part: str, lang: str, queue: str | None) -> list[str]:
+        paths: list[str] = []
+        for candidate in dict.fromkeys((lang, self.default_language, "en")):
+            if queue:
+                paths.append(f"queues/{queue}/{candidate}/{name}.{part}")
+            paths.append(f"{candidate}/{name}.{part}")
+        return paths
+
+    def _find(self, name: str, part: str, lang: str, queue: str | None) -> jinja2.Template | None:
+        env = self._html if part == "html" else self._plain
+        try:
+            return env.select_template(self._chain(name, part, lang, queue))
+        except jinja2.TemplatesNotFound:
+            return None
+
+    def render(self, name: str, lang: str, queue: str | None, context: dict) -> Rendered:
+        """Render one template's parts. Raises ConfigError when a required part is missing or broken."""
+        subject_t = self._find(name, "subject", lang, queue)
+        text_t = self._find(name, "txt", lang, queue)
+        if subject_t is None or text_t is None:
+            raise ConfigError([f"template {name!r}: no .subject/.txt for language {lang!r} or any fallback"])
+        html_t = self._find(name, "html", lang, queue)
+        try:
+            subject = " ".join(subject_t.render(context).split())
+            return Rendered(subject, text_t.render(context), html_t.render(context) if html_t else None)
+        except jinja2.TemplateError as exc:
+            raise ConfigError([f"template {name!r} ({lang}): {exc}"]) from exc
+
+    def check(self, config: Config) -> list[str]:
+        """Compile every template file and render each required one in every language and queue.
+
+        Returns the problems found (empty when all is well); run at config load and by check-config.
+        """
+        problems = self._compile_all()
+        sample = sample_ticket(config)
+        for name in REQUIRED:
+            for lang in LANGUAGES:
+                for queue in (None, *(q.key for q in config.queues)):
+                    ticket = sample.with_changes(queue=queue or sample.queue)
+                    if name in TICKET_TEMPLATES:
+                        context = context_for(ticket, config, lang)
+                    else:
+                        context = refusal_context(config, lang, "Sample subject", "sample reason", "disabled")
+                    try:
+                        self.render(name, lang, queue, context)
+                    except ConfigError as exc:
+                        problems.extend(p for p in exc.problems if p not in problems)
+        return problems
+
+    def _compile_all(self) -> list[str]:
+        problems = []
+        if not self.directory.is_dir():
+            return [f"templates directory {self.directory} does not exist"]
+        for path in sorted(self.directory.rglob("*")):
+            if path.suffix.lstrip(".") not in PARTS or not path.is_file():
+                continue
+            rel = path.relative_to(self.directory).as_posix()
+            env = self._html if path.suffix == ".html" else self._plain
+            try:
+                env.get_template(rel)
+            except jinja2.TemplateSyntaxError as exc:
+                problems.append(f"template {rel}, line {exc.lineno}: {exc.message}")
+        return problems
+
+
+def load_templates(config: Config) -> Templates:
+    """Templates for ``config``, all compiled and test-rendered; raises ConfigError listing every problem."""
+    templates = Templates(config.helpdesk.templates_dir, config.helpdesk.default_language)
+    problems = templates.check(config)
+    if problems:
+        raise ConfigError(problems, source=str(config.helpdesk.templates_dir))
+    return templates
+
+
+def context_for(ticket: Ticket, config: Config, lang: str, **extra: object) -> dict:
+    """The variables every template sees. Values from mail arrive here as plain strings (data)."""
+    queue, priority, category = (
+        config.queue(ticket.queue), config.priority(ticket.priority), config.category(ticket.category)
+    )
+    default = config.helpdesk.default_language
+    return {
+        "lang": lang,
+        "helpdesk": {"name": config.helpdesk.name, "address": config.helpdesk.address},
+        "ticket": {
+            "id": ticket.id,
+            "tag": render_tag(config.helpdesk.subject_tag, ticket.id),
+            "subject": ticket.subject or ("(sin asunto)" if lang == "es" else "(no subject)"),
+            "status": str(ticket.status),
+            "queue": queue.name.get(lang, default) if queue else ticket.queue,
+            "priority": priority.name.get(lang, default) if priority else ticket.priority,
+            "priority_description": priority.description.get(lang, default) if priority else "",
+            "response_target": _duration(priority.response_target_minutes, lang) if priority else "",
+            "category": category.name.get(lang, default) if category else ticket.category,
+            "requester_name": ticket.requester.name,
+            "requester": ticket.requester.addr,
+        },
+        **extra,
+    }
+
+
+def refusal_context(config: Config, lang: str, subject: str, reason: str, code: str = "") -> dict:
+    """Variables for answers about mail that did not become a ticket."""
+    return {
+        "lang": lang,
+        "helpdesk": {"name": config.helpdesk.name, "address": config.helpdesk.address},
+        "subject": subject,
+        "reason": reason,
+        "reason_code": code,
+    }
+
+
+def _duration(minutes: int, lang: str) -> str:
+    units = (("d", 1440, "día", "días", "day", "days"), ("h", 60, "hora", "horas", "hour", "hours"))
+    for _, size, es1, esn, en1, enn in units:
+        if minutes >= size and minutes % size == 0:
+            n = minutes // size
+            word = (es1 if n == 1 else esn) if lang == "es" else (en1 if n == 1 else enn)
+            return f"{n} {word}"
+    return f"{minutes} min"
+
+
+def sample_ticket(config: Config) -> Ticket:
+    hd = config.helpdesk
+    return Ticket(
+        id=1234, subject="Sample subject", status=Status.NEW, queue=hd.default_queue,
+        priority=hd.default_priority, category=hd.default_category,
+        requester=Requester("customer@example.com", "Sample Customer", hd.default_language),
+        created="2026-01-01T00:00:00+00:00", updated="2026-01-01T00:00:00+00:00", token="sample",
+    )
