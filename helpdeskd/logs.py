@@ -31,4 +31,5 @@ def setup(level: str = "info", *, json: bool | None = None, stream=None) -> None
 
 
 def get(component: str) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger().bind(component=component)
+    """A lazy logger: safe at import time, it takes the configuration in force when it first logs."""
+    return structlog.get_logger(component=component)

@@ -63,14 +63,16 @@ class Templates:
 
     def render(self, name: str, lang: str, queue: str | None, context: dict) -> Rendered:
         """Render one template's parts. Raises ConfigError when a required part is missing or broken."""
-        subject_t = self._find(name, "subject", lang, queue)
-        text_t = self._find(name, "txt", lang, queue)
-        if subject_t is None or text_t is None:
-            raise ConfigError([f"template {name!r}: no .subject/.txt for language {lang!r} or any fallback"])
-        html_t = self._find(name, "html", lang, queue)
         try:
+            subject_t = self._find(name, "subject", lang, queue)
+            text_t = self._find(name, "txt", lang, queue)
+            if subject_t is None or text_t is None:
+                raise ConfigError([f"template {name!r}: no .subject/.txt for language {lang!r} or any fallback"])
+            html_t = self._find(name, "html", lang, queue)
             subject = " ".join(subject_t.render(context).split())
             return Rendered(subject, text_t.render(context), html_t.render(context) if html_t else None)
+        except jinja2.TemplateSyntaxError as exc:
+            raise ConfigError([f"template {exc.name}, line {exc.lineno}: {exc.message}"]) from exc
         except jinja2.TemplateError as exc:
             raise ConfigError([f"template {name!r} ({lang}): {exc}"]) from exc
 

@@ -1,0 +1,211 @@
+"""The filing pipeline in-process against a real state directory: tickets, answers, idempotence, crashes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from helpdeskd import cycle
+from helpdeskd.cycle import file_message, file_safely
+from helpdeskd.message import Inbound
+from helpdeskd.parse import parse
+from helpdeskd.store.outbox import Outbox
+
+from conftest import mail
+
+
+def inbound(raw: bytes) -> Inbound:
+    return Inbound("test", "1", raw)
+
+
+def outbox_entries(svc):
+    return list(svc.outbox.entries())
+
+
+def test_new_message_becomes_ticket_and_spanish_ack(svc):
+    raw = mail()
+    outcome = file_safely(inbound(raw), svc)
+    assert (outcome.action, outcome.ticket, outcome.reply) == ("new", 1, "ack_new")
+    ticket = svc.store.get(1)
+    assert ticket.subject == "Mi sitio no carga" and ticket.status == "new"
+    assert ticket.requester.addr == "ana@cliente.es" and ticket.requester.language == "es"
+    assert ticket.message_ids == ("m1@cliente.es",)
+    stored = svc.store.ticket_dir(1) / "mail"
+    assert [p.read_bytes() for p in stored.iterdir()] == [raw]  # byte for byte
+    [entry] = outbox_entries(svc)
+    assert entry.envelope["to"] == ["ana@cliente.es"] and entry.envelope["from"] == ""
+    ack = parse(entry.data)
+    assert ack.subject.startswith("[Soporte #1] Hemos recibido su solicitud")
+    assert "registrado con el número 1" in ack.text
+    assert ack.in_reply_to == ("m1@cliente.es",)
+    assert ack.header("auto-submitted") == "auto-replied"
+    assert b"\r\n" in entry.data and b"\n" not in entry.data.replace(b"\r\n", b"")
+
+
+def test_english_sender_gets_english_ack(svc):
+    raw = mail(subject="Cannot send mail", body="Hello, I cannot send mail from my account since yesterday. Thanks.")
+    file_safely(inbound(raw), svc)
+    [entry] = outbox_entries(svc)
+    assert "We have received your request" in parse(entry.data).text
+
+
+def test_same_bytes_twice_is_one_ticket_one_ack(svc):
+    raw = mail()
+    first, second = file_safely(inbound(raw), svc), file_safely(inbound(raw), svc)
+    assert first.action == "new" and second.action == "duplicate" and second.ticket == 1
+    assert svc.store.last_id() == 1 and len(outbox_entries(svc)) == 1
+
+
+def test_same_message_id_other_bytes_is_ignored(svc):
+    file_safely(inbound(mail()), svc)
+    copy = mail(extra="Received: from relay2.example by mx.example")  # same message through another path
+    outcome = file_safely(inbound(copy), svc)
+    assert outcome.action == "ignored" and "#1" in outcome.detail
+    assert svc.store.last_id() == 1 and len(outbox_entries(svc)) == 1
+
+
+def test_missing_message_id_uses_a_synthetic_key(svc):
+    raw = mail(message_id=None)
+    assert file_safely(inbound(raw), svc).action == "new"
+    assert file_safely(inbound(raw), svc).action == "duplicate"
+    assert file_safely(inbound(mail(message_id=None, body="otro texto distinto")), svc).ticket == 2
+
+
+def reply_to_ack(svc, ack_bytes: bytes, body: str, sender: str = "Ana García <ana@cliente.es>") -> bytes:
+    """What a mail client sends when the customer answers the acknowledgment it received."""
+    ack = parse(ack_bytes)
+    refs = " ".join(f"<{r}>" for r in (*ack.references, ack.message_id))
+    return mail(subject=f"Re: {ack.subject}", body=body, sender=sender, message_id="<r1@cliente.es>",
+                extra=f"In-Reply-To: <{ack.message_id}>\nReferences: {refs}")
+
+
+def test_reply_to_ack_joins_ticket(svc):
+    file_safely(inbound(mail()), svc)
+    [ack] = outbox_entries(svc)
+    outcome = file_safely(inbound(reply_to_ack(svc, ack.data, "Adjunto más datos: el error es 500.")), svc)
+    assert (outcome.action, outcome.ticket, outcome.reply) == ("followup", 1, "ack_followup")
+    ticket = svc.store.get(1)
+    assert ticket.mail_count == 2 and "r1@cliente.es" in ticket.message_ids
+    messages = [e for e in svc.store.events(1) if e["type"] == "message"]
+    assert messages[-1]["text"].startswith("Adjunto más datos")
+
+
+def test_reply_to_closed_ticket_reopens(svc):
+    file_safely(inbound(mail()), svc)
+    svc.store.save(svc.store.get(1).with_changes(status="closed"))
+    [ack] = outbox_entries(svc)
+    outcome = file_safely(inbound(reply_to_ack(svc, ack.data, "Sigue sin funcionar.")), svc)
+    assert outcome.action == "reopened" and svc.store.get(1).status == "reopened"
+    assert any(e["type"] == "status" and e["to"] == "reopened" for e in svc.store.events(1))
+
+
+def test_refused_mail_is_kept_and_answered(tmp_path):
+    from conftest import make_config
+    from helpdeskd.cycle import Services
+    from helpdeskd.templates import load_templates
+
+    config = make_config(tmp_path, enabled=False)
+    svc = Services.open(config, load_templates(config))
+    raw = mail()
+    outcome = file_safely(inbound(raw), svc)
+    assert outcome.action == "refused" and outcome.ticket is None
+    [kept] = list(svc.refused.items())
+    assert "disabled" in kept.reason and kept.path.read_bytes() == raw
+    [answer] = outbox_entries(svc)
+    assert "desactivado" in parse(answer.data).text
+    assert file_safely(inbound(raw), svc).action == "duplicate" and len(outbox_entries(svc)) == 1
+
+
+def test_processing_error_quarantines_with_reason(svc, monkeypatch):
+    def broken(*args, **kwargs):
+        raise ValueError("simulated bug")
+
+    monkeypatch.setattr(cycle, "decide", broken)
+    raw = mail()
+    outcome = file_safely(inbound(raw), svc)
+    assert outcome.action == "quarantined" and "simulated bug" in outcome.detail
+    [item] = list(svc.quarantine.items())
+    assert item.path.read_bytes() == raw and "ValueError: simulated bug" in item.reason
+
+
+def test_storage_failure_is_transient_not_quarantined(svc, monkeypatch):
+    from helpdeskd.errors import TransientError
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(svc.store, "save", full)
+    with pytest.raises(TransientError, match="No space left"):
+        file_safely(inbound(mail()), svc)
+    assert list(svc.quarantine.items()) == []
+
+
+STEPS = ["allocate_id", "write_claim", "save", "store_mail", "append_event", "index_message_id", "enqueue"]
+
+
+@pytest.mark.parametrize("step", STEPS)
+@pytest.mark.parametrize("nth", [1, 2])
+def test_crash_at_any_step_then_refile_gives_one_ticket_one_ack(svc, monkeypatch, step, nth):
+    """Simulate a crash (an exception the pipeline does not catch) at the nth call of each side effect."""
+
+    class Crash(BaseException):
+        pass
+
+    target = svc.outbox if step == "enqueue" else svc.store
+    real = getattr(target, step)
+    calls = {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == nth:
+            raise Crash()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(target, step, crashing)
+    raw = mail()
+    try:
+        file_message(inbound(raw), svc)
+    except Crash:
+        pass
+    monkeypatch.setattr(target, step, real)
+    file_message(inbound(raw), svc)
+    file_message(inbound(raw), svc)
+    ids = list(svc.store.iter_ids())
+    assert len(ids) == 1
+    ticket = svc.store.get(ids[0])
+    assert ticket is not None and ticket.message_keys == (parse(raw).key,)
+    assert len(outbox_entries(svc)) == 1
+    events = svc.store.events(ticket.id)
+    assert [e["type"] for e in events].count("message") == 1
+    assert [e["type"] for e in events].count("reply_queued") == 1
+
+
+def test_subject_cannot_inject_headers(svc):
+    raw = mail(subject="=?utf-8?q?hola=0D=0ABcc:_victim@example.org?=")
+    file_safely(inbound(raw), svc)
+    [entry] = outbox_entries(svc)
+    assert b"\r\nBcc:" not in entry.data and b"victim@example.org" in entry.data
+    assert parse(entry.data).header("bcc") is None
+
+
+def test_display_name_cannot_inject_headers(svc):
+    raw = mail(sender='"=?utf-8?q?Ana=0D=0ABcc:_x@y.example?=" <ana@cliente.es>')
+    file_safely(inbound(raw), svc)
+    [entry] = outbox_entries(svc)
+    assert parse(entry.data).header("bcc") is None
+
+
+def test_ack_does_not_echo_the_customer_message(svc):
+    secret = "VIAGRA-CHEAP-PILLS-http://spam.example"
+    file_safely(inbound(mail(body=f"Hola, gracias. {secret}")), svc)
+    [entry] = outbox_entries(svc)
+    assert secret.encode() not in entry.data
+
+
+def test_outbox_envelope_is_json_first_line(svc):
+    file_safely(inbound(mail()), svc)
+    path = next((svc.outbox.root / "new").glob("*.msg"))
+    head = json.loads(path.read_bytes().split(b"\n", 1)[0])
+    assert head["ticket"] == 1 and head["template"] == "ack_new" and head["kind"] == "auto-reply"
+    assert Outbox(svc.config.helpdesk.state_dir).depth() == {"new": 1, "cur": 0, "failed": 0}

@@ -1,0 +1,78 @@
+"""Templates: every shipped one renders in every language; broken edits are caught at load."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+
+import pytest
+
+from helpdeskd.errors import ConfigError
+from helpdeskd.settings import LANGUAGES
+from helpdeskd.templates import REQUIRED, Templates, context_for, load_templates, sample_ticket
+
+from conftest import ROOT
+
+
+def config_with_templates(config, directory):
+    return replace(config, helpdesk=replace(config.helpdesk, templates_dir=directory))
+
+
+@pytest.fixture
+def tdir(tmp_path):
+    target = tmp_path / "templates"
+    shutil.copytree(ROOT / "templates", target)
+    return target
+
+
+def test_shipped_templates_exist_for_every_language(config):
+    for name in REQUIRED:
+        for lang in LANGUAGES:
+            assert (ROOT / "templates" / lang / f"{name}.subject").is_file()
+            assert (ROOT / "templates" / lang / f"{name}.txt").is_file()
+    assert load_templates(config)
+
+
+def test_syntax_error_is_reported_with_file_and_line(config, tdir):
+    (tdir / "es" / "ack_new.txt").write_text("Hola\n{% if %}\n")
+    with pytest.raises(ConfigError) as err:
+        load_templates(config_with_templates(config, tdir))
+    assert any("es/ack_new.txt, line 2" in p for p in err.value.problems)
+
+
+def test_undefined_variable_is_caught_at_load(config, tdir):
+    (tdir / "en" / "closed.txt").write_text("Hello {{ ticket.nmber }}\n")
+    with pytest.raises(ConfigError) as err:
+        load_templates(config_with_templates(config, tdir))
+    assert any("closed" in p and "nmber" in p for p in err.value.problems)
+
+
+def test_missing_language_falls_back_to_english(config, tdir):
+    (tdir / "es" / "closed.txt").unlink()
+    (tdir / "es" / "closed.subject").unlink()
+    templates = load_templates(config_with_templates(config, tdir))
+    out = templates.render("closed", "es", None, context_for(sample_ticket(config), config, "es"))
+    assert "has been closed" in out.text
+
+
+def test_queue_override_wins(config, tdir):
+    (tdir / "queues" / "billing" / "es").mkdir(parents=True)
+    (tdir / "queues" / "billing" / "es" / "ack_new.txt").write_text("Facturación: ticket {{ ticket.id }}\n")
+    templates = load_templates(config_with_templates(config, tdir))
+    ticket = sample_ticket(config).with_changes(queue="billing")
+    assert templates.render("ack_new", "es", "billing", context_for(ticket, config, "es")).text.startswith("Facturación")
+    assert "Hemos recibido" in templates.render("ack_new", "es", "general", context_for(ticket, config, "es")).text
+
+
+def test_html_is_autoescaped_and_text_is_not_template_source(config):
+    templates = Templates(ROOT / "templates", "es")
+    ticket = sample_ticket(config).with_changes(subject="<script>alert(1)</script> {{ 7*7 }}")
+    out = templates.render("ack_new", "en", None, context_for(ticket, config, "en"))
+    assert "&lt;script&gt;" in out.html and "<script>" not in out.html
+    assert "{{ 7*7 }}" in out.text and "49" not in out.text
+
+
+def test_subject_is_one_line(config):
+    templates = Templates(ROOT / "templates", "es")
+    ticket = sample_ticket(config).with_changes(subject="a\r\nBcc: x@y")
+    assert "\n" not in templates.render("ack_new", "es", None, context_for(ticket, config, "es")).subject
