@@ -18,7 +18,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from email import errors as email_errors
-from email.message import Message as EmailMessage
+from email.message import Message as MimePart  # compat32 tree node (not MimePart)
 from email.parser import BytesHeaderParser, BytesParser
 from email.policy import compat32
 from email.utils import getaddresses
@@ -148,7 +148,7 @@ def _too_many_containers(raw: bytes, limit: int) -> bool:
     return False
 
 
-def _build(raw: bytes, root: EmailMessage, state: _State, *, text: str, html: bool) -> Message:
+def _build(raw: bytes, root: MimePart, state: _State, *, text: str, html: bool) -> Message:
     """Assemble the value from the parsed tree and the decoded body."""
     for defect in root.defects:
         state.defect(_describe_defect(defect))
@@ -203,7 +203,7 @@ _WHITESPACE = re.compile(r"\s+")
 _SURROGATE = re.compile("[\udc80-\udcff]")
 
 
-def _decode_headers(root: EmailMessage, state: _State) -> tuple[tuple[str, str], ...]:
+def _decode_headers(root: MimePart, state: _State) -> tuple[tuple[str, str], ...]:
     """Every top-level header as (lower-cased name, decoded single-line text), in order."""
     out = []
     for name, value in root.raw_items():
@@ -220,7 +220,7 @@ def _header_text(name: str, value: object, state: _State) -> str:
     return _cap_text(_sanitise(text).strip(), name, state)
 
 
-def _raw_header(root: EmailMessage, name: str, state: _State) -> str:
+def _raw_header(root: MimePart, name: str, state: _State) -> str:
     """First header ``name`` unfolded and capped, 8-bit decoded, encoded-words left alone."""
     for key, value in root.raw_items():
         if str(key).strip().lower() == name:
@@ -228,7 +228,7 @@ def _raw_header(root: EmailMessage, name: str, state: _State) -> str:
     return ""
 
 
-def _raw_all(root: EmailMessage, name: str, state: _State) -> list[str]:
+def _raw_all(root: MimePart, name: str, state: _State) -> list[str]:
     return [_raw_value(name, v, state) for k, v in root.raw_items() if str(k).strip().lower() == name]
 
 
@@ -343,7 +343,7 @@ def _join_words(pieces: list[str | tuple[str, bytes]], state: _State) -> list[st
 _ADDR_FALLBACK = re.compile(r"[^\s<>(),;:\"']+@[^\s<>(),;:\"']+")
 
 
-def _addresses(root: EmailMessage, name: str, state: _State) -> tuple[Address, ...]:
+def _addresses(root: MimePart, name: str, state: _State) -> tuple[Address, ...]:
     """Mailboxes of every ``name`` header: addr lower-cased, display name RFC 2047-decoded.
 
     The raw (still encoded) value is split first, so a comma or bracket inside an encoded
@@ -391,15 +391,16 @@ def _address(name: str, addr: str, state: _State) -> Address:
     return Address(addr=clean_addr, name=_collapse(_sanitise(_decode_words(name, state))))
 
 
-def _return_path(root: EmailMessage, state: _State) -> str | None:
-    """None without a Return-Path header; "" for the null sender ``<>``; else the address."""
-    value = _raw_header(root, "return-path", state)
-    if not value and root.get("return-path") is None:
+def _return_path(root: MimePart, state: _State) -> str | None:
+    """None without a Return-Path header; "" for the null sender ``<>``; else the address,
+    lower-cased (a bare "<MAILER-DAEMON>" is kept as "mailer-daemon")."""
+    if not any(str(key).strip().lower() == "return-path" for key in root.keys()):
         return None
-    if "@" not in value and value.replace("<", "").replace(">", "").strip() == "":
-        return ""
+    value = _raw_header(root, "return-path", state)
     found = _ADDR_FALLBACK.search(value)
-    return found.group(0).lower() if found else _collapse(_sanitise(value)).strip("<>").lower()
+    if found:
+        return found.group(0).lower()
+    return _WHITESPACE.sub("", _sanitise(value)).strip("<>").lower()
 
 
 _BRACKETED = re.compile(r"<([^<>]*)>")
@@ -516,7 +517,7 @@ def _decode_bytes(data: bytes, charset: str | None, state: _State, *, where: str
     codec = _codec(charset)
     if codec is None:
         state.defect(f"unknown charset {charset[:40]!r} in {where}")
-        return _utf8_or_replace(data)
+        return data.decode("utf-8", "replace")  # valid UTF-8 decodes cleanly, the rest is U+FFFD
     return _decode_declared(data, charset, codec, state, where)
 
 
@@ -527,7 +528,7 @@ def _decode_declared(data: bytes, charset: str, codec: str, state: _State, where
         pass
     except LookupError:  # a bytes-to-bytes codec such as "base64" named as a charset
         state.defect(f"unknown charset {charset[:40]!r} in {where}")
-        return _utf8_or_replace(data)
+        return data.decode("utf-8", "replace")
     if codec != "utf-8":
         try:
             text = data.decode("utf-8")
@@ -537,10 +538,6 @@ def _decode_declared(data: bytes, charset: str, codec: str, state: _State, where
             pass
     state.defect(f"invalid bytes for charset {charset[:40]!r} in {where} replaced")
     return data.decode(codec, "replace")
-
-
-def _utf8_or_replace(data: bytes) -> str:
-    return data.decode("utf-8", "replace")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -562,14 +559,14 @@ class _Piece:
         return html_to_text(self.text) if self.html else self.text
 
 
-def _body_and_attachments(root: EmailMessage, state: _State) -> tuple[str, bool]:
+def _body_and_attachments(root: MimePart, state: _State) -> tuple[str, bool]:
     """Readable body text (and whether it came from HTML); fills ``state.attachments``."""
     pieces = [p for p in _walk(root, 0, state) if p.text.strip()]
     text = "\n\n".join(_clean_body(p.readable()) for p in pieces)
     return _clean_body(text), any(p.html for p in pieces)
 
 
-def _walk(part: EmailMessage, depth: int, state: _State) -> list[_Piece]:
+def _walk(part: MimePart, depth: int, state: _State) -> list[_Piece]:
     """Body pieces of ``part`` in reading order; attachments are recorded on the way.
 
     A nested ``message/*`` (forwarded mail, delivery status) is one attachment: it is not
@@ -590,7 +587,7 @@ def _walk(part: EmailMessage, depth: int, state: _State) -> list[_Piece]:
     return [_body_piece(part, ctype, state)]
 
 
-def _repair_8bit_params(part: EmailMessage, state: _State) -> None:
+def _repair_8bit_params(part: MimePart, state: _State) -> None:
     """compat32 turns raw 8-bit bytes in Content-Type/-Disposition into U+FFFD when reading
     parameters; store the header back decoded (UTF-8, else cp1252) so file names survive."""
     for name in ("content-type", "content-disposition"):
@@ -599,7 +596,7 @@ def _repair_8bit_params(part: EmailMessage, state: _State) -> None:
             part.replace_header(name, _from_8bit(_FOLD.sub("", value), f"{name} header", state))
 
 
-def _walk_multipart(part: EmailMessage, ctype: str, depth: int, state: _State) -> list[_Piece]:
+def _walk_multipart(part: MimePart, ctype: str, depth: int, state: _State) -> list[_Piece]:
     children = _children(part, depth, state)
     if ctype == "multipart/alternative":
         return _best_alternative([_walk(c, depth + 1, state) for c in children])
@@ -609,10 +606,10 @@ def _walk_multipart(part: EmailMessage, ctype: str, depth: int, state: _State) -
     return pieces
 
 
-def _children(part: EmailMessage, depth: int, state: _State) -> list[EmailMessage]:
+def _children(part: MimePart, depth: int, state: _State) -> list[MimePart]:
     """Sub-parts still within limits.max_depth and limits.max_parts (defect when cut)."""
     payload = part.get_payload()
-    children = [c for c in payload if isinstance(c, EmailMessage)] if isinstance(payload, list) else []
+    children = [c for c in payload if isinstance(c, MimePart)] if isinstance(payload, list) else []
     if children and depth + 1 > state.limits.max_depth:
         state.defect(f"MIME nesting deeper than {state.limits.max_depth}; deeper parts ignored")
         return []
@@ -632,11 +629,11 @@ def _best_alternative(choices: list[list[_Piece]]) -> list[_Piece]:
     return next((c for c in choices if any(p.text.strip() for p in c)), [])
 
 
-def _content_type(part: EmailMessage) -> str:
+def _content_type(part: MimePart) -> str:
     return str(part.get_content_type()).lower()
 
 
-def _is_body(part: EmailMessage, ctype: str) -> bool:
+def _is_body(part: MimePart, ctype: str) -> bool:
     """Inline text/plain or text/html without a file name is body; anything else is a file.
 
     A leaf that claims to be multipart (boundary missing or never found) is read as plain text
@@ -650,13 +647,13 @@ def _is_body(part: EmailMessage, ctype: str) -> bool:
     return disposition != "attachment" and not _raw_filename(part)
 
 
-def _body_piece(part: EmailMessage, ctype: str, state: _State) -> _Piece:
+def _body_piece(part: MimePart, ctype: str, state: _State) -> _Piece:
     data = _payload_bytes(part)
     text = _decode_bytes(data, part.get_content_charset(), state, where="body")
     return _Piece(text, html=ctype == "text/html")
 
 
-def _payload_bytes(part: EmailMessage) -> bytes:
+def _payload_bytes(part: MimePart) -> bytes:
     """Transfer-decoded bytes of a leaf (base64 / quoted-printable / uuencode handled leniently)."""
     try:
         data = part.get_payload(decode=True)
@@ -688,7 +685,7 @@ _TYPE_EXT = {
 }
 
 
-def _add_attachment(part: EmailMessage, ctype: str, state: _State) -> None:
+def _add_attachment(part: MimePart, ctype: str, state: _State) -> None:
     """Record one attachment's metadata; its bytes stay in the raw mail."""
     data = _attachment_bytes(part)
     filename = _filename(part, ctype, state)
@@ -698,27 +695,27 @@ def _add_attachment(part: EmailMessage, ctype: str, state: _State) -> None:
     state.attachments.append(Attachment(filename=filename, content_type=ctype, size=len(data), storage_name=storage))
 
 
-def _attachment_bytes(part: EmailMessage) -> bytes:
+def _attachment_bytes(part: MimePart) -> bytes:
     """Decoded content; a nested message is serialised back (compat32 parsed it into a tree)."""
     payload = part.get_payload()
     if not isinstance(payload, list):
         return _payload_bytes(part)
     try:
-        return b"\n".join(p.as_bytes() for p in payload if isinstance(p, EmailMessage))
+        return b"\n".join(p.as_bytes() for p in payload if isinstance(p, MimePart))
     except (LookupError, UnicodeError, ValueError, TypeError, AttributeError, RecursionError):
         return b""
 
 
-def _filename(part: EmailMessage, ctype: str, state: _State) -> str:
+def _filename(part: MimePart, ctype: str, state: _State) -> str:
     """Decoded (RFC 2231 and RFC 2047) and sanitised file name; "" when none is given."""
     name = _raw_filename(part)
     if not name and ctype == "message/rfc822":
         name = _nested_subject(part, state)
-    name = _decode_words(_from_8bit_param(name, state), state)
+    name = _decode_words(_from_8bit(name, "attachment name", state), state)
     return _sanitise_filename(name)
 
 
-def _raw_filename(part: EmailMessage) -> str:
+def _raw_filename(part: MimePart) -> str:
     """The file name parameter (RFC 2231 decoded by compat32), "" when absent or unreadable."""
     try:
         return str(part.get_filename() or "")
@@ -726,16 +723,11 @@ def _raw_filename(part: EmailMessage) -> str:
         return ""
 
 
-def _from_8bit_param(name: str, state: _State) -> str:
-    """compat32 hands raw 8-bit parameter bytes back as U+FFFD or surrogates; keep what we can."""
-    return _from_8bit(name, "attachment name", state)
-
-
-def _nested_subject(part: EmailMessage, state: _State) -> str:
+def _nested_subject(part: MimePart, state: _State) -> str:
     """A forwarded message without a file name is shown as '<its subject>.eml'."""
     inner = part.get_payload()
     inner = inner[0] if isinstance(inner, list) and inner else None
-    if not isinstance(inner, EmailMessage):
+    if not isinstance(inner, MimePart):
         return ""
     subject = _collapse(_decode_words(_raw_header(inner, "subject", state), state))
     return f"{subject or 'message'}.eml"
