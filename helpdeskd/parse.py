@@ -18,7 +18,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 from email import errors as email_errors
-from email.message import Message as MimePart  # compat32 tree node (not MimePart)
+from email.message import Message as MimePart  # compat32 tree node, not the modern EmailMessage
 from email.parser import BytesHeaderParser, BytesParser
 from email.policy import compat32
 from email.utils import getaddresses
