@@ -84,7 +84,7 @@ def cmd_deliver(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
     started = time.monotonic()
     try:
         svc = Services.open(runtime.config, runtime.templates)
-        with svc.write_lock(args.wait):
+        with svc.write_lock(args.wait), svc.batch():
             outcome = file_safely(Inbound(args.mailbox, "stdin", raw), svc, mailbox)
     except (TransientError, OSError) as exc:
         print(f"helpdeskd: not filed, try again later: {exc}", file=sys.stderr)

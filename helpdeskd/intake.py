@@ -12,7 +12,7 @@ from .errors import TransientError
 from .logs import get
 from .message import Inbound
 from .settings import Mailbox
-from .sources.maildir import MaildirSource
+from .sources.maildir import MaildirItem, MaildirSource
 
 log = get("intake")
 
@@ -26,49 +26,68 @@ class PollResult:
         self.counts[outcome.action] = self.counts.get(outcome.action, 0) + 1
 
 
+BATCH = 64  # messages per group commit: one round of fsyncs, then the source forgets them
+
+
 def poll_maildir(mailbox: Mailbox, svc: Services, should_stop: Callable[[], bool] = lambda: False) -> PollResult:
     """File every message in the Maildir's ``new/``; stop early (between messages) when asked to.
 
-    A transient failure (disk full, ...) ends the poll and leaves the message where it is.
+    Messages are filed in batches under one group commit; each batch leaves ``new/`` only after the
+    commit. A transient failure (disk full, ...) ends the poll and leaves the message where it is.
     """
     source = MaildirSource(mailbox.name, mailbox.path)
     result = PollResult()
     try:
         source.ensure()
-        for item in source.pending():
-            if should_stop():
+        pending = source.pending()
+        for start in range(0, len(pending), BATCH):
+            if should_stop() or not _batch(source, pending[start:start + BATCH], mailbox, svc, result, should_stop):
                 break
-            outcome = _one(source, item, mailbox, svc)
-            if outcome is not None:
-                result.add(outcome)
     except TransientError as exc:
         result.error = str(exc)
         log.warning("poll_failed", mailbox=mailbox.name, error=str(exc))
     return result
 
 
-def _one(source: MaildirSource, item, mailbox: Mailbox, svc: Services) -> Outcome | None:
-    started = time.monotonic()
+def _batch(source: MaildirSource, items: list[MaildirItem], mailbox: Mailbox, svc: Services,
+           result: PollResult, should_stop: Callable[[], bool]) -> bool:
+    """File ``items`` under one write lock and one group commit, then let the source forget them.
+
+    Returns False when asked to stop part-way (what was filed is still committed and forgotten).
+    """
+    filed: list[MaildirItem] = []
+    finished = True
+    with svc.write_lock(), svc.batch():
+        for item in items:
+            if should_stop():
+                finished = False
+                break
+            started = time.monotonic()
+            outcome = _one(source, item, mailbox, svc)
+            if outcome is not None:
+                result.add(outcome)
+                log_outcome(outcome, mailbox.name, started)
+                filed.append(item)
+    for item in filed:
+        source.done(item)
+    return finished
+
+
+def _one(source: MaildirSource, item: MaildirItem, mailbox: Mailbox, svc: Services) -> Outcome | None:
     limit = svc.config.limits.max_message_bytes
     if item.size > limit:
-        outcome = _quarantine_oversized(source, item, svc, limit)
-    else:
-        raw = source.read(item)
-        if raw is None:
-            return None
-        with svc.write_lock():
-            outcome = file_safely(Inbound(source.name, item.name, raw), svc, mailbox)
-        source.done(item)
-    log_outcome(outcome, mailbox.name, started)
-    return outcome
+        return _quarantine_oversized(source, item, svc, limit)
+    raw = source.read(item)
+    if raw is None:
+        return None
+    return file_safely(Inbound(source.name, item.name, raw), svc, mailbox)
 
 
 def _quarantine_oversized(source: MaildirSource, item, svc: Services, limit: int) -> Outcome:
     item_id = hashlib.sha256(f"{source.name}:{item.name}".encode()).hexdigest()[:32]
     reason = f"message of {item.size} bytes exceeds limits.max_message_bytes ({limit})"
     try:
-        with svc.write_lock():
-            svc.quarantine.adopt(item_id, item.path, reason, f"{source.name}:{item.name}")
+        svc.quarantine.adopt(item_id, item.path, reason, f"{source.name}:{item.name}")
     except OSError as exc:
         raise TransientError(f"could not quarantine oversized message: {exc}") from exc
     return Outcome("quarantined", None, "", detail=reason)

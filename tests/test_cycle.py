@@ -209,3 +209,12 @@ def test_outbox_envelope_is_json_first_line(svc):
     head = json.loads(path.read_bytes().split(b"\n", 1)[0])
     assert head["ticket"] == 1 and head["template"] == "ack_new" and head["kind"] == "auto-reply"
     assert Outbox(svc.config.helpdesk.state_dir).depth() == {"new": 1, "cur": 0, "failed": 0}
+
+
+def test_long_non_ascii_subject_is_folded_not_refused(svc):
+    subject = "Configuración del correo electrónico — " + "información adicional " * 12
+    outcome = file_safely(inbound(mail(subject=subject)), svc)
+    assert outcome.action == "new" and list(svc.quarantine.items()) == []
+    [entry] = outbox_entries(svc)
+    assert " ".join(subject.split()) in parse(entry.data).subject
+    assert all(len(line) <= 998 for line in entry.data.split(b"\r\n"))

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fsutil import atomic_write, create_exclusive, ensure_dir, fsync_dir
+from .fsutil import IMMEDIATE, Syncer, atomic_write, create_exclusive, ensure_dir
 from .tickets import utcnow
 
 
@@ -27,21 +27,24 @@ class HeldItem:
 
 
 class Holding:
-    def __init__(self, state_dir: Path, name: str) -> None:
+    def __init__(self, state_dir: Path, name: str, sync: Syncer = IMMEDIATE) -> None:
         self.root = ensure_dir(state_dir / name)
+        self.sync = sync
 
     def put(self, item_id: str, raw: bytes, reason: str, source: str) -> None:
         """Keep ``raw`` with ``reason``. The bytes are durable before the reason is written."""
-        create_exclusive(self.root / f"{item_id}.eml", raw)
+        create_exclusive(self.root / f"{item_id}.eml", raw, sync=self.sync)
         meta = {"id": item_id, "reason": reason, "source": source, "at": utcnow()}
-        atomic_write(self.root / f"{item_id}.json", json.dumps(meta, ensure_ascii=False, indent=1).encode())
+        atomic_write(self.root / f"{item_id}.json", json.dumps(meta, ensure_ascii=False, indent=1).encode(),
+                     sync=self.sync)
 
     def adopt(self, item_id: str, path: Path, reason: str, source: str) -> None:
         """Take over a file without reading it into memory (oversized mail): move it in, then record why."""
         shutil.move(str(path), str(self.root / f"{item_id}.eml"))
-        fsync_dir(self.root)
+        self.sync.directory(self.root)
         meta = {"id": item_id, "reason": reason, "source": source, "at": utcnow()}
-        atomic_write(self.root / f"{item_id}.json", json.dumps(meta, ensure_ascii=False, indent=1).encode())
+        atomic_write(self.root / f"{item_id}.json", json.dumps(meta, ensure_ascii=False, indent=1).encode(),
+                     sync=self.sync)
 
     def has(self, item_id: str) -> bool:
         return (self.root / f"{item_id}.eml").exists()

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fsutil import create_exclusive, ensure_dir
+from .fsutil import IMMEDIATE, Syncer, create_exclusive, ensure_dir
 
 STATES = ("new", "cur", "failed")
 
@@ -29,8 +29,9 @@ class OutboxEntry:
 
 
 class Outbox:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, sync: Syncer = IMMEDIATE) -> None:
         self.root = state_dir / "outbox"
+        self.sync = sync
         for sub in ("tmp",) + STATES:
             ensure_dir(self.root / sub)
 
@@ -46,7 +47,7 @@ class Outbox:
         if self.state_of(msg_id) is not None:
             return False
         head = json.dumps({"id": msg_id, **envelope}, ensure_ascii=False, sort_keys=True).encode()
-        return create_exclusive(self.root / "new" / f"{msg_id}.msg", head + b"\n" + data)
+        return create_exclusive(self.root / "new" / f"{msg_id}.msg", head + b"\n" + data, sync=self.sync)
 
     def read(self, path: Path, state: str) -> OutboxEntry:
         head, _, data = path.read_bytes().partition(b"\n")

@@ -28,7 +28,7 @@ import tomli_w
 
 from ..errors import PermanentError
 from ..ticket import Requester, Status, Ticket
-from .fsutil import append_durable, atomic_write, create_exclusive, ensure_dir
+from .fsutil import Syncer, append_line, atomic_write, create_exclusive, ensure_dir
 
 _TICKET_FIELDS = {f.name for f in fields(Ticket)} - {"extra", "requester", "status"}
 
@@ -40,11 +40,12 @@ def utcnow() -> str:
 class TicketStore:
     """Reads and writes tickets. Callers hold the state lock for every write."""
 
-    def __init__(self, state_dir: Path, *, durable: bool = True) -> None:
+    def __init__(self, state_dir: Path, *, durable: bool = True, sync: Syncer | None = None) -> None:
+        """``sync`` is shared with the outbox for group commits; ``durable=False`` never fsyncs (bulk tools)."""
         self.root = state_dir
-        self.durable = durable  # False only for bulk tools (benchmarks) that can redo their work
+        self.sync = sync or Syncer(enabled=durable)
         for sub in ("tickets", "index/keys", "index/msgid"):
-            ensure_dir(state_dir / sub)
+            ensure_dir(state_dir / sub, sync=self.sync)
 
     # -- paths ---------------------------------------------------------------------------------
     def ticket_dir(self, ticket_id: int) -> Path:
@@ -59,15 +60,24 @@ class TicketStore:
 
     # -- ids -----------------------------------------------------------------------------------
     def allocate_id(self) -> int:
-        """Next ticket id. A crash after this call leaves a gap in the numbering, never a reuse."""
-        seq = self.root / "seq"
-        last = int(seq.read_text().strip() or 0) if seq.exists() else 0
-        atomic_write(seq, f"{last + 1}\n".encode(), durable=self.durable)
-        return last + 1
+        """Next ticket id. A crash after this call leaves a gap in the numbering, never a reuse.
+
+        An id whose folder exists is skipped: after a power failure the sequence file may be older
+        than the folders written in the same group commit.
+        """
+        candidate = self.last_id() + 1
+        while self.ticket_dir(candidate).exists():
+            candidate += 1
+        atomic_write(self.root / "seq", f"{candidate}\n".encode(), sync=self.sync)
+        return candidate
 
     def last_id(self) -> int:
-        seq = self.root / "seq"
-        return int(seq.read_text().strip() or 0) if seq.exists() else 0
+        try:
+            return int((self.root / "seq").read_text().strip() or 0)
+        except FileNotFoundError:
+            return 0
+        except ValueError:
+            return 0  # torn by a power failure: allocate_id skips existing folders, fsck repairs it
 
     # -- tickets -------------------------------------------------------------------------------
     def get(self, ticket_id: int) -> Ticket | None:
@@ -82,22 +92,17 @@ class TicketStore:
 
     def save(self, ticket: Ticket) -> None:
         """Replace the ticket's metadata atomically (creating its folder the first time)."""
-        folder = self.ticket_dir(ticket.id)
-        if not folder.is_dir():
-            ensure_dir(folder / "mail")
-        atomic_write(folder / "ticket.toml", tomli_w.dumps(ticket_to_dict(ticket)).encode(), durable=self.durable)
+        folder = ensure_dir(self.ticket_dir(ticket.id), sync=self.sync)
+        atomic_write(folder / "ticket.toml", tomli_w.dumps(ticket_to_dict(ticket)).encode(), sync=self.sync)
 
     def store_mail(self, ticket: Ticket, key: str, raw: bytes) -> str:
         """Keep raw bytes under ``mail/``; returns the file name. Storing the same key twice is a no-op."""
-        mail = ensure_dir(self.ticket_dir(ticket.id) / "mail")
+        mail = ensure_dir(self.ticket_dir(ticket.id) / "mail", sync=self.sync)
         existing = next(mail.glob(f"*-{key}.eml"), None)
         if existing is not None:
             return existing.name
         name = f"{ticket.mail_count + 1:04d}-{key}.eml"
-        if self.durable:
-            create_exclusive(mail / name, raw)
-        else:
-            (mail / name).write_bytes(raw)
+        create_exclusive(mail / name, raw, sync=self.sync)
         return name
 
     def mail_path(self, ticket_id: int, name: str) -> Path:
@@ -120,12 +125,8 @@ class TicketStore:
         """Append one event (a JSON object with at least ``type``); ``at`` is added when missing."""
         record = {"at": utcnow(), **event}
         line = json.dumps(record, ensure_ascii=False, sort_keys=True).encode() + b"\n"
-        path = ensure_dir(self.ticket_dir(ticket_id)) / "events.jsonl"
-        if self.durable:
-            append_durable(path, line)
-        else:
-            with path.open("ab") as out:
-                out.write(line)
+        path = ensure_dir(self.ticket_dir(ticket_id), sync=self.sync) / "events.jsonl"
+        append_line(path, line, sync=self.sync)
 
     def events(self, ticket_id: int) -> list[dict]:
         """The ticket's history, oldest first. A torn last line (crash mid-append) is skipped."""
@@ -157,9 +158,8 @@ class TicketStore:
 
     def write_claim(self, key: str, record: dict) -> None:
         path = self._key_path(key)
-        if not path.parent.is_dir():
-            ensure_dir(path.parent)
-        atomic_write(path, json.dumps(record, sort_keys=True).encode(), durable=self.durable)
+        ensure_dir(path.parent, sync=self.sync)
+        atomic_write(path, json.dumps(record, sort_keys=True).encode(), sync=self.sync)
 
     def find_by_key(self, key: str) -> int | None:
         claim = self.read_claim(key)
@@ -169,9 +169,8 @@ class TicketStore:
         if not message_id:
             return
         path = self._msgid_path(message_id)
-        if not path.parent.is_dir():
-            ensure_dir(path.parent)
-        atomic_write(path, f"{ticket_id}\n".encode(), durable=self.durable)
+        ensure_dir(path.parent, sync=self.sync)
+        atomic_write(path, f"{ticket_id}\n".encode(), sync=self.sync)
 
     def find_by_message_id(self, message_id: str) -> int | None:
         if not message_id:
