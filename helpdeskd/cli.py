@@ -89,7 +89,7 @@ def cmd_deliver(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
     except (TransientError, OSError) as exc:
         print(f"helpdeskd: not filed, try again later: {exc}", file=sys.stderr)
         return EX_TEMPFAIL
-    log_outcome(outcome, args.mailbox, started)
+    log_outcome(outcome, args.mailbox, time.monotonic() - started)
     return EX_OK
 
 

@@ -55,21 +55,24 @@ def _batch(source: MaildirSource, items: list[MaildirItem], mailbox: Mailbox, sv
 
     Returns False when asked to stop part-way (what was filed is still committed and forgotten).
     """
-    filed: list[MaildirItem] = []
+    filed: list[tuple[MaildirItem, Outcome, float]] = []
     finished = True
-    with svc.write_lock(), svc.batch():
-        for item in items:
-            if should_stop():
-                finished = False
-                break
-            started = time.monotonic()
-            outcome = _one(source, item, mailbox, svc)
-            if outcome is not None:
-                result.add(outcome)
-                log_outcome(outcome, mailbox.name, started)
-                filed.append(item)
-    for item in filed:
+    try:
+        with svc.write_lock(), svc.batch():
+            for item in items:
+                if should_stop():
+                    finished = False
+                    break
+                started = time.monotonic()
+                outcome = _one(source, item, mailbox, svc)
+                if outcome is not None:
+                    filed.append((item, outcome, time.monotonic() - started))
+    except OSError as exc:
+        raise TransientError(f"storage failed: {exc}") from exc
+    for item, outcome, seconds in filed:  # committed: now the source may forget them
         source.done(item)
+        result.add(outcome)
+        log_outcome(outcome, mailbox.name, seconds)
     return finished
 
 
@@ -93,9 +96,10 @@ def _quarantine_oversized(source: MaildirSource, item, svc: Services, limit: int
     return Outcome("quarantined", None, "", detail=reason)
 
 
-def log_outcome(outcome: Outcome, source: str, started: float) -> None:
+def log_outcome(outcome: Outcome, source: str, seconds: float) -> None:
+    """The one log line per message: where from, what it was, what we did, how long filing took."""
     log.info(
         "message", source=source, message_id=outcome.message_id, action=outcome.action,
         ticket=outcome.ticket, reply=outcome.reply, detail=outcome.detail or None,
-        duration_ms=round((time.monotonic() - started) * 1000, 1),
+        duration_ms=round(seconds * 1000, 1),
     )

@@ -120,3 +120,54 @@ def test_fsck_reports_missing_mail(svc):
         eml.unlink()
     report = fsck(svc.config.helpdesk.state_dir)
     assert len(report.problems) == 1 and "missing" in report.problems[0]
+
+
+def test_group_commit_defers_fsyncs_to_the_end_of_the_batch(tmp_path, monkeypatch):
+    from helpdeskd.store import fsutil
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(fsutil.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    syncer = fsutil.Syncer()
+    store = TicketStore(tmp_path, sync=syncer)
+    synced.clear()
+    with syncer.batch():
+        store.save(sample(1))
+        store.save(sample(1))  # the same file twice: one fsync at commit
+        store.append_event(1, {"type": "note", "ref": "x"})
+        assert synced == []
+    # ticket.toml + events.jsonl, then the ticket folder, its shard, tickets/ — each once
+    assert len(synced) == 5
+
+
+def test_immediate_mode_fsyncs_before_returning(tmp_path, monkeypatch):
+    from helpdeskd.store import fsutil
+
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(fsutil.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    atomic_write(tmp_path / "f", b"x")
+    assert len(synced) == 2  # the file, then its directory
+
+
+def test_maildir_batch_leaves_new_only_after_the_commit(svc, monkeypatch, tmp_path):
+    from helpdeskd.intake import poll_maildir
+    from helpdeskd.store import fsutil
+
+    inbox = tmp_path / "inbox"
+    for sub in ("tmp", "new", "cur"):
+        (inbox / sub).mkdir(parents=True, exist_ok=True)
+    for n in range(3):
+        (inbox / "new" / f"{n}.eml").write_bytes(mail(message_id=f"<b{n}@x>", body=f"cuerpo {n}"))
+
+    def failing_flush(self):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(fsutil.Syncer, "flush", failing_flush)
+    result = poll_maildir(svc.config.mailboxes[0], svc)
+    assert result.error and "Input/output error" in result.error
+    assert len(list((inbox / "new").iterdir())) == 3  # nothing forgotten: the commit did not happen
+    monkeypatch.undo()
+    result = poll_maildir(svc.config.mailboxes[0], svc)
+    assert result.error is None and len(list((inbox / "new").iterdir())) == 0
+    assert svc.store.last_id() == 3 and len(list(svc.outbox.entries())) == 3
