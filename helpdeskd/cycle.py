@@ -211,21 +211,25 @@ def _event_once(svc: Services, ticket_id: int, event: dict) -> None:
 
 
 def _reply(ticket: Ticket, message: Message, claim: dict, svc: Services) -> bool:
-    """Queue the decided answer once. Returns True when it was queued now."""
+    """Queue the decided answer once and record it in the history once. True when queued now.
+
+    Both steps are checked separately: a crash between them leaves the mail queued and the history
+    entry missing, and filing again must add the entry without queueing the mail a second time.
+    """
     template = claim["reply"]
     if not template or ticket.requester.addr == "":
         return False
-    out_id = hashlib.sha256(f"{message.key}:{template}".encode()).hexdigest()[:24]
-    if svc.outbox.state_of(out_id) is not None:
-        return False
     lang = claim["lang"]
-    rendered = svc.templates.render(template, lang, ticket.queue, context_for(ticket, svc.config, lang))
+    out_id = hashlib.sha256(f"{message.key}:{template}".encode()).hexdigest()[:24]
     mid = make_message_id(ticket.id, ticket.token, out_id, svc.config.helpdesk.message_id_domain)
-    rendered = _with_tag(rendered, svc.config, ticket.id)
-    data = _compose(rendered, ticket.requester.name, ticket.requester.addr, mid, message, svc)
-    envelope = {"from": "", "to": [ticket.requester.addr], "ticket": ticket.id, "template": template,
-                "kind": "auto-reply", "message_id": mid}
-    queued = svc.outbox.enqueue(out_id, envelope, data)
+    queued = False
+    if svc.outbox.state_of(out_id) is None:
+        rendered = svc.templates.render(template, lang, ticket.queue, context_for(ticket, svc.config, lang))
+        data = _compose(_with_tag(rendered, svc.config, ticket.id), ticket.requester.name, ticket.requester.addr,
+                        mid, message, svc)
+        envelope = {"from": "", "to": [ticket.requester.addr], "ticket": ticket.id, "template": template,
+                    "kind": "auto-reply", "message_id": mid}
+        queued = svc.outbox.enqueue(out_id, envelope, data)
     _event_once(svc, ticket.id, {"type": "reply_queued", "ref": out_id, "template": template,
                                  "to": ticket.requester.addr, "message_id": mid, "language": lang})
     return queued
