@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .cycle import Services
 from .errors import ConfigError
-from .intake import poll_maildir
+from .intake import poll_maildir, prepare
 from .logs import get
 from .runtime import Runtime, load
 from .settings import Mailbox
@@ -56,6 +56,8 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload)
+        for mailbox in self.runtime.config.mailboxes:
+            prepare(mailbox)  # so mail can be dropped in as soon as "started" is logged
         self._sync_pollers()
         log.info("started", config=str(self.path), mailboxes=sorted(self._pollers), pid=os.getpid())
         while not self.stopping:

@@ -26,6 +26,12 @@ class PollResult:
         self.counts[outcome.action] = self.counts.get(outcome.action, 0) + 1
 
 
+def prepare(mailbox: Mailbox) -> None:
+    """Create what a mailbox needs locally (a Maildir's folders) before the first poll."""
+    if mailbox.protocol == "maildir":
+        MaildirSource(mailbox.name, mailbox.path).ensure()
+
+
 BATCH = 64  # messages per group commit: one round of fsyncs, then the source forgets them
 
 
