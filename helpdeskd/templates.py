@@ -28,6 +28,10 @@ TICKET_TEMPLATES = ("ack_new", "ack_followup", "reopened", "closed")  # rendered
 PLAIN_TEMPLATES = ("refused",)  # no ticket exists: rendered with refusal_context
 REQUIRED = TICKET_TEMPLATES + PLAIN_TEMPLATES
 PARTS = ("subject", "txt", "html")
+STATUS_NAMES = {
+    "es": {"new": "nuevo", "open": "abierto", "closed": "cerrado", "reopened": "reabierto"},
+    "en": {"new": "new", "open": "open", "closed": "closed", "reopened": "reopened"},
+}
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,7 @@ def context_for(ticket: Ticket, config: Config, lang: str, **extra: object) -> d
             "tag": render_tag(config.helpdesk.subject_tag, ticket.id),
             "subject": ticket.subject or ("(sin asunto)" if lang == "es" else "(no subject)"),
             "status": str(ticket.status),
+            "status_name": STATUS_NAMES.get(lang, STATUS_NAMES["en"]).get(str(ticket.status), str(ticket.status)),
             "queue": queue.name.get(lang, default) if queue else ticket.queue,
             "priority": priority.name.get(lang, default) if priority else ticket.priority,
             "priority_description": priority.description.get(lang, default) if priority else "",
