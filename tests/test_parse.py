@@ -312,7 +312,7 @@ def test_parser_failure_still_returns_a_message(monkeypatch: pytest.MonkeyPatch)
     def broken(*_args: object, **_kwargs: object) -> Message:
         raise KeyError("boom")
 
-    monkeypatch.setattr(parse_module, "_body_and_attachments", broken)
+    monkeypatch.setattr(parse_module, "body_and_attachments", broken)
     raw = load("plain.eml")
     message = parse(raw)
     assert message.subject == "Cannot log in to the control panel"
