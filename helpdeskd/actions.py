@@ -6,6 +6,28 @@ from dataclasses import dataclass
 
 from .ticket import Requester
 
+# Who a Send goes to. Each is resolved by the cycle to addresses, and each address gets its own mail.
+SENDER, REQUESTER, PARTICIPANTS, STAFF, ESCALATION = "sender", "requester", "participants", "staff", "escalation"
+
+
+@dataclass(frozen=True)
+class Send:
+    """One templated mail to an audience. ``kind``: auto-reply (answers the sender; RFC 3834 applies),
+    notification (to our staff, ``Auto-Submitted: auto-generated``), relay (a staff answer: a human's mail)."""
+
+    template: str
+    to: str
+    kind: str = "auto-reply"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One validated change to a ticket: field is status | priority | queue | category | assignee |
+    cc_add | cc_remove | escalated."""
+
+    field: str
+    value: str
+
 
 @dataclass(frozen=True)
 class NewTicket:
@@ -14,19 +36,30 @@ class NewTicket:
     queue: str
     priority: str
     category: str
+    collaborators: tuple[str, ...] = ()
+    linked: tuple[int, ...] = ()  # the closed ticket this message answered, when it started a new one
 
 
 @dataclass(frozen=True)
 class FollowUp:
-    """Add the message to an existing ticket; ``reopen`` when the ticket was closed."""
+    """Add the message to an existing ticket.
+
+    ``role`` is how the sender proved they belong (requester, collaborator, staff). ``internal``
+    messages (staff notes, rejected commands, auto-replies from staff) are never relayed.
+    """
 
     ticket_id: int
+    role: str = "requester"
     reopen: bool = False
+    changes: tuple[Change, ...] = ()
+    relay: bool = False
+    internal: bool = False
+    errors: tuple[str, ...] = ()  # command problems: nothing was changed, the sender is told
 
 
 @dataclass(frozen=True)
 class Ignore:
-    """Nothing to file: a duplicate we already have."""
+    """Nothing to file: a duplicate we already have, or our own mail come back."""
 
     reason: str
 
@@ -47,9 +80,15 @@ Action = NewTicket | FollowUp | Ignore | Refuse
 
 @dataclass(frozen=True)
 class Decision:
-    """One message's fate: an action, the template to answer with (or None), and why not when None."""
+    """One message's fate: an action, the mail it causes, the sender's language, and notes for the
+    history (why no answer was sent, ...)."""
 
     action: Action
-    reply: str | None = None
+    sends: tuple[Send, ...] = ()
     language: str = "en"
     notes: tuple[str, ...] = ()
+
+    @property
+    def reply(self) -> str | None:
+        """The template answering the sender, if any (the acknowledgment)."""
+        return next((s.template for s in self.sends if s.to == SENDER), None)

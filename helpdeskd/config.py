@@ -296,12 +296,13 @@ def _helpdesk(r: _Reader | None, declared: _Declared, base_dir: Path) -> Helpdes
         return None
     identity = _identity(r)
     defaults = _defaults(r, declared)
+    conversation = _conversation(r)
     places = {
         "state_dir": _path(r, "state_dir", base_dir, "../state"),
         "templates_dir": _path(r, "templates_dir", base_dir, "../templates"),
     }
     r.finish()
-    return Helpdesk(**identity, **defaults, **places)
+    return Helpdesk(**identity, **defaults, **conversation, **places)
 
 
 def _identity(r: _Reader) -> dict[str, Any]:
@@ -326,6 +327,19 @@ def _defaults(r: _Reader, declared: _Declared) -> dict[str, Any]:
         "default_category": _reference(r, "default_category", declared.categories, "category"),
         "default_language": _choice(r, "default_language", LANGUAGES, "a supported language"),
         "detect_language": r.get("detect_language", BOOLEAN, True),
+    }
+
+
+CLOSED_REPLY = ("reopen", "new", "refuse")
+
+
+def _conversation(r: _Reader) -> dict[str, Any]:
+    """How replies, staff and collaborators are handled (see the README's "Conversations")."""
+    return {
+        "closed_reply": _choice(r, "closed_reply", CLOSED_REPLY, "a closed-ticket policy", "reopen"),
+        "cc_collaborators": r.get("cc_collaborators", BOOLEAN, True),
+        "notify_staff": r.get("notify_staff", BOOLEAN, True),
+        "plus_addressing": r.get("plus_addressing", BOOLEAN, False),
     }
 
 

@@ -13,62 +13,29 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from dataclasses import asdict, dataclass
 
-from .actions import Decision, FollowUp, Ignore, NewTicket, Refuse
+from .actions import Change, Decision, FollowUp, Ignore, NewTicket, Refuse, Send
+from .commands import read_commands
 from .decide import View, decide, wanted_ticket_ids
 from .errors import TransientError
-from .matching import make_message_id, render_tag, tagged_ids
+from .mailout import Occasion, queue_refusal, queue_sends
 from .message import Inbound, Message
-from .outmail import compose
 from .parse import parse
-from .settings import Config, Mailbox
-from .store.fsutil import Syncer
-from .store.holding import Holding
-from .store.lock import WRITE, StateLock
-from .store.outbox import Outbox
-from .store.tickets import TicketStore
-from .templates import Rendered, Templates, context_for, refusal_context
+from .quotes import new_text
+from .services import Services, event_once
+from .settings import Mailbox
 from .ticket import Requester, Status, Ticket
+from .ticketops import apply_changes
 
 TEXT_IN_HISTORY = 100_000  # characters of body text kept in events.jsonl (the raw mail is always whole)
 
-
-@dataclass
-class Services:
-    """The adapters one filing needs; the daemon and the commands build one and pass it in."""
-
-    config: Config
-    store: TicketStore
-    outbox: Outbox
-    quarantine: Holding
-    refused: Holding
-    templates: Templates
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
-
-    @classmethod
-    def open(cls, config: Config, templates: Templates) -> "Services":
-        state, sync = config.helpdesk.state_dir, Syncer()
-        return cls(config, TicketStore(state, sync=sync), Outbox(state, sync), Holding(state, "quarantine", sync),
-                   Holding(state, "refused", sync), templates)
-
-    def batch(self):
-        """Group commit: what is filed inside is durable when the block exits (see store.fsutil)."""
-        return self.store.sync.batch()
-
-    def write_lock(self, wait_seconds: float = 30.0) -> StateLock:
-        """The store's write lock, taken around each change (see :mod:`helpdeskd.store.lock`)."""
-        return StateLock(self.config.helpdesk.state_dir, WRITE).acquire(wait_seconds)
-
-    def now(self) -> str:
-        return self.clock().isoformat(timespec="seconds")
+__all__ = ["Outcome", "Services", "file_message", "file_safely", "gather_view", "quarantine"]
 
 
 @dataclass(frozen=True)
 class Outcome:
-    action: str  # new | followup | reopened | duplicate | ignored | refused | quarantined
+    action: str  # new | followup | reopened | staff_answer | note | rejected | duplicate | ignored | refused | quarantined
     ticket: int | None
     message_id: str
     reply: str | None = None
@@ -128,31 +95,46 @@ def gather_view(message: Message, svc: Services, mailbox: Mailbox | None) -> Vie
 def _claim(message: Message, decision: Decision, svc: Services) -> dict:
     """The durable record of a decision; everything :func:`_apply` needs to finish it after a crash."""
     action = decision.action
-    claim = {"reply": decision.reply, "lang": decision.language, "notes": list(decision.notes)}
+    claim = {"lang": decision.language, "notes": list(decision.notes),
+             "sends": [[s.template, s.to, s.kind] for s in decision.sends]}
     if isinstance(action, NewTicket):
         claim.update(action="new", ticket=svc.store.allocate_id(), new=asdict(action), token=secrets.token_hex(16))
     elif isinstance(action, FollowUp):
-        claim.update(action="followup", ticket=action.ticket_id, reopen=action.reopen)
+        claim.update(action="followup", ticket=action.ticket_id, role=action.role, reopen=action.reopen,
+                     changes=[[c.field, c.value] for c in action.changes], relay=action.relay,
+                     internal=action.internal, errors=list(action.errors))
     elif isinstance(action, Refuse):
         claim.update(action="refused", ticket=None, reason=action.reason, code=action.code)
     return claim
 
 
 def _apply(message: Message, inbound: Inbound, claim: dict, svc: Services, *, again: bool) -> Outcome:
-    kind = claim["action"]
-    if kind == "refused":
-        return _refuse(message, inbound, claim, svc, again)
-    ticket = _create(claim, svc, inbound.source) if kind == "new" else svc.store.get(claim["ticket"])
+    sends = [Send(*s) for s in claim.get("sends", ())]
+    if claim["action"] == "refused":
+        return _refuse(message, inbound, claim, sends, svc, again)
+    ticket = _create(claim, svc, inbound.source) if claim["action"] == "new" else svc.store.get(claim["ticket"])
     if ticket is None:
         raise LookupError(f"ticket #{claim['ticket']} recorded for this message no longer exists")
-    ticket, added = _add_mail(ticket, message, inbound.raw, claim, svc)
+    ticket, added = _file(ticket, message, inbound.raw, claim, svc)
     for note in claim["notes"]:
-        _event_once(svc, ticket.id, {"type": "note", "ref": message.key, "text": note, "by": "helpdeskd"})
-    reply = _reply(ticket, message, claim, svc)
-    action = "reopened" if claim.get("reopen") else ("new" if kind == "new" else "followup")
-    if again and not added and not reply:
+        event_once(svc, ticket.id, {"type": "note", "ref": message.key, "text": note, "by": "helpdeskd"})
+    queued = queue_sends(svc, ticket, sends, _occasion(message, claim, ticket.escalated))
+    action = _outcome_name(claim)
+    if again and not added and not queued:
         action = "duplicate"
-    return Outcome(action, ticket.id, message.message_id, claim["reply"], "; ".join(claim["notes"]))
+    reply = next((s.template for s in sends if s.to == "sender"), None)
+    detail = "; ".join([*claim["notes"], *claim.get("errors", ())])
+    return Outcome(action, ticket.id, message.message_id, reply, detail)
+
+
+def _outcome_name(claim: dict) -> str:
+    if claim["action"] == "new":
+        return "new"
+    if claim.get("errors"):
+        return "rejected"
+    if claim.get("role") == "staff":
+        return "staff_answer" if claim.get("relay") else "note"
+    return "reopened" if claim.get("reopen") else "followup"
 
 
 def _create(claim: dict, svc: Services, source: str) -> Ticket:
@@ -164,27 +146,29 @@ def _create(claim: dict, svc: Services, source: str) -> Ticket:
         id=claim["ticket"], subject=new["subject"], status=Status.NEW, queue=new["queue"],
         priority=new["priority"], category=new["category"], requester=Requester(**new["requester"]),
         created=now, updated=now, token=claim["token"], source=source,
+        collaborators=tuple(new.get("collaborators", ())), linked=tuple(new.get("linked", ())),
     )
-    # Saved by _add_mail together with its first message: one metadata write instead of two.
-    _event_once(svc, ticket.id, {"type": "created", "ref": "created", "queue": ticket.queue,
-                                 "priority": ticket.priority, "category": ticket.category})
+    # Saved by _file together with its first message: one metadata write instead of two.
+    event_once(svc, ticket.id, {"type": "created", "ref": "created", "queue": ticket.queue,
+                                "priority": ticket.priority, "category": ticket.category,
+                                "linked": list(ticket.linked), "collaborators": list(ticket.collaborators)})
     return ticket
 
 
-def _add_mail(ticket: Ticket, message: Message, raw: bytes, claim: dict, svc: Services) -> tuple[Ticket, bool]:
-    """Store the raw mail, its history entry, and the ticket's new state; skip what is already there."""
+def _file(ticket: Ticket, message: Message, raw: bytes, claim: dict, svc: Services) -> tuple[Ticket, bool]:
+    """Store the raw mail, its history entry, the changes it brings, and the ticket's new state once."""
     if ticket.has_key(message.key):
         return ticket, False
     name = svc.store.store_mail(ticket, message.key, raw)
-    _event_once(svc, ticket.id, _message_event(message, name))
-    status = ticket.status
-    if claim.get("reopen") and status == Status.CLOSED:
-        status = Status.REOPENED
-        _event_once(svc, ticket.id, {"type": "status", "ref": f"reopen:{message.key}", "from": "closed",
-                                     "to": "reopened", "by": message.sender.addr if message.sender else ""})
+    event_once(svc, ticket.id, _message_event(message, name, claim))
+    by = message.sender.addr if message.sender else ""
+    changes = [Change(f, v) for f, v in claim.get("changes", ())]
+    if claim.get("reopen") and ticket.status == Status.CLOSED:
+        changes.insert(0, Change("status", "reopened"))
+    ticket = apply_changes(ticket, changes, by, message.key, svc)
     ids = ticket.message_ids + ((message.message_id,) if message.message_id else ())
     ticket = ticket.with_changes(
-        status=status, updated=svc.now(), message_ids=ids, message_keys=ticket.message_keys + (message.key,),
+        updated=svc.now(), message_ids=ids, message_keys=ticket.message_keys + (message.key,),
         mail_count=ticket.mail_count + 1,
     )
     svc.store.save(ticket)
@@ -192,81 +176,53 @@ def _add_mail(ticket: Ticket, message: Message, raw: bytes, claim: dict, svc: Se
     return ticket, True
 
 
-def _message_event(message: Message, file_name: str) -> dict:
+def own_words(message: Message, claim: dict) -> str:
+    """What the sender wrote this time: the whole first message; in replies, without the command
+    lines, the quoted history and the signature (the raw mail keeps everything)."""
+    if claim["action"] == "new":
+        return message.text
+    return new_text(read_commands(message.subject, message.text).rest)
+
+
+def _message_event(message: Message, file_name: str, claim: dict) -> dict:
     sender = message.sender
     return {
         "type": "message", "ref": message.key, "file": file_name, "direction": "in",
         "from": sender.addr if sender else "", "from_name": sender.name if sender else "",
+        "role": claim.get("role", "requester"), "internal": bool(claim.get("internal")),
         "message_id": message.message_id, "subject": message.subject,
-        "text": message.text[:TEXT_IN_HISTORY], "html_only": message.html,
+        "text": message.text[:TEXT_IN_HISTORY], "new_text": own_words(message, claim)[:TEXT_IN_HISTORY],
+        "html_only": message.html, "errors": list(claim.get("errors", ())),
         "attachments": [{"filename": a.filename, "content_type": a.content_type, "size": a.size,
                          "storage_name": a.storage_name} for a in message.attachments],
         "defects": list(message.defects),
     }
 
 
-def _event_once(svc: Services, ticket_id: int, event: dict) -> None:
-    if not svc.store.has_event(ticket_id, event["type"], event["ref"]):
-        svc.store.append_event(ticket_id, event)
+def _occasion(message: Message, claim: dict, escalated: str = "") -> Occasion:
+    sender = message.sender
+    addr, name = (sender.addr, sender.name) if sender else ("", "")
+    changes = dict(claim.get("changes", ()))
+    words = own_words(message, claim)
+    return Occasion(
+        key=message.key, sender=addr, sender_name=name, language=claim["lang"],
+        message={"from": addr, "from_name": name, "subject": message.subject, "text": words,
+                 "role": claim.get("role", "requester")},
+        in_reply_to=message.message_id, references=message.references,
+        extra={"errors": list(claim.get("errors", ())), "reason": changes.get("escalated", escalated)},
+    )
 
 
-def _reply(ticket: Ticket, message: Message, claim: dict, svc: Services) -> bool:
-    """Queue the decided answer once and record it in the history once. True when queued now.
-
-    Both steps are checked separately: a crash between them leaves the mail queued and the history
-    entry missing, and filing again must add the entry without queueing the mail a second time.
-    """
-    template = claim["reply"]
-    if not template or ticket.requester.addr == "":
-        return False
-    lang = claim["lang"]
-    out_id = hashlib.sha256(f"{message.key}:{template}".encode()).hexdigest()[:24]
-    mid = make_message_id(ticket.id, ticket.token, out_id, svc.config.helpdesk.message_id_domain)
-    queued = False
-    if svc.outbox.state_of(out_id) is None:
-        rendered = svc.templates.render(template, lang, ticket.queue, context_for(ticket, svc.config, lang))
-        data = _compose(_with_tag(rendered, svc.config, ticket.id), ticket.requester.name, ticket.requester.addr,
-                        mid, message, svc)
-        envelope = {"from": "", "to": [ticket.requester.addr], "ticket": ticket.id, "template": template,
-                    "kind": "auto-reply", "message_id": mid}
-        queued = svc.outbox.enqueue(out_id, envelope, data)
-    _event_once(svc, ticket.id, {"type": "reply_queued", "ref": out_id, "template": template,
-                                 "to": ticket.requester.addr, "message_id": mid, "language": lang})
-    return queued
-
-
-def _refuse(message: Message, inbound: Inbound, claim: dict, svc: Services, again: bool) -> Outcome:
+def _refuse(message: Message, inbound: Inbound, claim: dict, sends: list[Send], svc: Services,
+            again: bool) -> Outcome:
     kept = svc.refused.has(message.key)
     if not kept:
         svc.refused.put(message.key, inbound.raw, claim["reason"], f"{inbound.source}:{inbound.upstream_id}")
     queued = False
-    sender = message.sender
-    if claim["reply"] and sender is not None:
-        out_id = hashlib.sha256(f"{message.key}:{claim['reply']}".encode()).hexdigest()[:24]
-        if svc.outbox.state_of(out_id) is None:
-            lang = claim["lang"]
-            context = refusal_context(svc.config, lang, message.subject, claim["reason"], claim.get("code", ""))
-            rendered = svc.templates.render(claim["reply"], lang, None, context)
-            mid = make_message_id(0, "refused", out_id, svc.config.helpdesk.message_id_domain)
-            data = _compose(rendered, sender.name, sender.addr, mid, message, svc)
-            envelope = {"from": "", "to": [sender.addr], "ticket": None, "template": claim["reply"],
-                        "kind": "auto-reply", "message_id": mid}
-            queued = svc.outbox.enqueue(out_id, envelope, data)
+    reply = next((s.template for s in sends if s.to == "sender"), None)
+    if reply:
+        occasion = _occasion(message, claim)
+        queued = queue_refusal(svc, reply, occasion, message.subject, claim["reason"], claim.get("code", ""))
     action = "duplicate" if again and kept and not queued else "refused"
-    return Outcome(action, None, message.message_id, claim["reply"], claim["reason"])
+    return Outcome(action, None, message.message_id, reply, claim["reason"])
 
-
-def _with_tag(rendered: Rendered, config: Config, ticket_id: int) -> Rendered:
-    """Make sure the subject carries our tag, whatever the template says: replies must find their ticket."""
-    if ticket_id in tagged_ids(rendered.subject, config.helpdesk.subject_tag):
-        return rendered
-    return replace(rendered, subject=f"{render_tag(config.helpdesk.subject_tag, ticket_id)} {rendered.subject}")
-
-
-def _compose(rendered: Rendered, to_name: str, to_addr: str, mid: str, message: Message, svc: Services) -> bytes:
-    hd = svc.config.helpdesk
-    refs = (*message.references, message.message_id) if message.message_id else message.references
-    return compose(
-        rendered, from_name=hd.name, from_addr=hd.address, to_name=to_name, to_addr=to_addr,
-        message_id=mid, in_reply_to=message.message_id, references=tuple(refs), date=svc.clock(),
-    )

@@ -3,9 +3,10 @@
 No I/O, no clock, no logging here. The cycle (:mod:`helpdeskd.cycle`) gathers the ``View`` — the
 tickets the message points at — applies the Decision, and records it.
 
-Reply security (who may add to a ticket) lives in :func:`match_ticket`: a reply joins a ticket only
-when it quotes one of our signed Message-IDs for it, or comes from the ticket's requester. Subject
-tags and foreign threading headers are hints that still need the requester's address.
+Reply security lives in :func:`match_ticket`: a reply joins a ticket only when it carries a token we
+issued for it (our signed Message-ID in In-Reply-To/References, or our signed reply address), or when
+its sender is the ticket's requester, a collaborator, or staff of its queue AND it names the ticket
+(subject tag, token, or threading headers). Anything else starts a new ticket and learns nothing.
 """
 
 from __future__ import annotations
@@ -13,13 +14,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .actions import Decision, FollowUp, Ignore, NewTicket, Refuse
+from .actions import (
+    ESCALATION, PARTICIPANTS, SENDER, STAFF, Change, Decision, FollowUp, Ignore, NewTicket, Refuse, Send,
+)
+from .commands import CC_VERBS, CUSTOMER_COMMANDS, ME_WORDS, STATUS_WORDS, Command, Commands, fold, read_commands
 from .lang import choose_language
 from .loops import no_autoreply_reason
-from .matching import is_our_message_id, our_references, tagged_ids, verify
+from .matching import is_our_message_id, our_references, plus_references, tagged_ids, verify
 from .message import Message
+from .quotes import new_text
 from .settings import LANGUAGES, Config, Mailbox
 from .ticket import Requester, Status, Ticket
+
+MAX_TEXT = 100_000  # characters of a staff answer relayed or recorded from the decision
 
 
 @dataclass(frozen=True)
@@ -33,10 +40,10 @@ class View:
 
 
 def wanted_ticket_ids(message: Message, config: Config) -> list[int]:
-    """The ticket numbers the message points at (our Message-IDs, then subject tags): load these."""
-    domain = config.helpdesk.message_id_domain
-    ids = [ref.ticket_id for ref in our_references(message, domain)]
-    ids += tagged_ids(message.subject, config.helpdesk.subject_tag)
+    """The ticket numbers the message points at (tokens first, then subject tags): load these."""
+    hd = config.helpdesk
+    refs = [*our_references(message, hd.message_id_domain), *plus_references(message, hd.address)]
+    ids = [ref.ticket_id for ref in refs] + tagged_ids(message.subject, hd.subject_tag)
     return list(dict.fromkeys(ids))
 
 
@@ -49,58 +56,202 @@ def decide(message: Message, view: View, config: Config) -> Decision:
         return Decision(Ignore(f"duplicate of a message already on ticket #{view.duplicate_of}"), language=lang)
     quiet = no_autoreply_reason(message, hd.address, hd.message_id_domain)
     if not hd.enabled:
-        return _answer(Refuse("the helpdesk is disabled", "disabled"), "refused", lang, quiet)
-    ticket = match_ticket(message, view, config)
+        return _refuse(Refuse("the helpdesk is disabled", "disabled"), lang, quiet)
+    ticket, role = match_ticket(message, view, config)
     if ticket is not None:
-        return _follow_up(ticket, lang, quiet, config)
+        return _on_ticket(message, ticket, role, lang, quiet, config)
     if not hd.allow_customer_tickets:
-        return _answer(Refuse("customers may not open tickets by mail", "customers_not_allowed"), "refused", lang, quiet)
-    return _answer(_new_ticket(message, view, config, lang), "ack_new", lang, quiet)
+        return _refuse(Refuse("customers may not open tickets by mail", "customers_not_allowed"), lang, quiet)
+    return _new_ticket(message, view, config, lang, quiet)
 
 
-def match_ticket(message: Message, view: View, config: Config) -> Ticket | None:
-    """The existing ticket this message may join, or None (then it starts a new ticket)."""
+# -- matching ---------------------------------------------------------------------------------------
+def match_ticket(message: Message, view: View, config: Config) -> tuple[Ticket | None, str]:
+    """The ticket this message may join and the sender's role there, or (None, "")."""
+    hd = config.helpdesk
     sender = message.sender.addr if message.sender else ""
-    for ref in our_references(message, config.helpdesk.message_id_domain):
+    tokens = [*our_references(message, hd.message_id_domain), *plus_references(message, hd.address)]
+    for ref in tokens:
         ticket = view.tickets.get(ref.ticket_id)
         if ticket is not None and ref.signature and verify(ticket.token, ticket.id, ref.signature):
-            return ticket
-    hinted = [*tagged_ids(message.subject, config.helpdesk.subject_tag), *view.thread_hints]
-    for ticket_id in hinted:
+            return ticket, role_of(sender, ticket, config) or "guest"
+    for ticket_id in [*tagged_ids(message.subject, hd.subject_tag), *view.thread_hints]:
         ticket = view.tickets.get(ticket_id)
-        if ticket is not None and sender and ticket.requester.addr == sender:
-            return ticket
-    return None
+        role = role_of(sender, ticket, config) if ticket is not None else ""
+        if role:
+            return ticket, role
+    return None, ""
 
 
-def _follow_up(ticket: Ticket, lang: str, quiet: str | None, config: Config) -> Decision:
-    if ticket.status == Status.CLOSED:
-        return _answer(FollowUp(ticket.id, reopen=True), "reopened", lang, quiet)
-    template = "ack_followup" if config.helpdesk.acknowledge_followups else None
-    return _answer(FollowUp(ticket.id), template, lang, quiet)
+def role_of(addr: str, ticket: Ticket, config: Config) -> str:
+    """staff (of the ticket's queue), requester, collaborator, or "" for anyone else."""
+    if not addr:
+        return ""
+    if addr in config.staff_of(ticket.queue):
+        return "staff"
+    if addr == ticket.requester.addr:
+        return "requester"
+    return "collaborator" if addr in ticket.collaborators else ""
 
 
-def _new_ticket(message: Message, view: View, config: Config, lang: str) -> NewTicket:
-    hd, box = config.helpdesk, view.mailbox
-    sender = message.sender
-    requester = Requester(
-        addr=sender.addr if sender else (message.return_path or ""),
-        name=sender.name if sender else "",
-        language=lang,
-    )
-    return NewTicket(
-        subject=message.subject.strip(),
-        requester=requester,
-        queue=(box and box.queue) or hd.default_queue,
-        priority=(box and box.priority) or hd.default_priority,
+# -- new tickets and refusals -----------------------------------------------------------------------
+def _new_ticket(message: Message, view: View, config: Config, lang: str, quiet: str | None,
+                linked: tuple[int, ...] = ()) -> Decision:
+    hd, box, sender = config.helpdesk, view.mailbox, message.sender
+    requester = Requester(sender.addr if sender else (message.return_path or ""), sender.name if sender else "", lang)
+    action = NewTicket(
+        subject=message.subject.strip(), requester=requester,
+        queue=(box and box.queue) or hd.default_queue, priority=(box and box.priority) or hd.default_priority,
         category=(box and box.category) or hd.default_category,
+        collaborators=_collaborators(message, config) if hd.cc_collaborators else (), linked=linked,
     )
-
-
-def _answer(action, template: str | None, lang: str, quiet: str | None) -> Decision:
-    """Attach the answer ``template`` unless loop rules forbid answering; then say why not."""
-    if template is None:
-        return Decision(action, None, lang)
     if quiet:
-        return Decision(action, None, lang, (f"no automatic answer: {quiet}",))
-    return Decision(action, template, lang)
+        return Decision(action, (), lang, (f"no automatic answer: {quiet}",))
+    sends = [Send("ack_new", SENDER)]
+    if hd.notify_staff:
+        sends.append(Send("staff_new", STAFF, "notification"))
+    return Decision(action, tuple(sends), lang)
+
+
+def _collaborators(message: Message, config: Config) -> tuple[str, ...]:
+    """Cc addresses that are people outside the helpdesk: not us, not staff, not the sender."""
+    ours = {config.helpdesk.address.lower()}
+    sender = message.sender.addr if message.sender else ""
+    found = [a.addr for a in message.cc if a.addr not in ours and a.addr != sender and not config.is_staff(a.addr)]
+    return tuple(dict.fromkeys(a for a in found if "@" in a and not _is_plus_of(a, config.helpdesk.address)))
+
+
+def _is_plus_of(addr: str, base: str) -> bool:
+    local, _, domain = base.lower().partition("@")
+    return addr.endswith("@" + domain) and addr.startswith(local + "+")
+
+
+def _refuse(action: Refuse, lang: str, quiet: str | None) -> Decision:
+    if quiet:
+        return Decision(action, (), lang, (f"no automatic answer: {quiet}",))
+    return Decision(action, (Send("refused", SENDER),), lang)
+
+
+# -- messages on an existing ticket -----------------------------------------------------------------
+def _on_ticket(message: Message, ticket: Ticket, role: str, lang: str, quiet: str | None,
+               config: Config) -> Decision:
+    commands = read_commands(message.subject, message.text)
+    if quiet:  # an auto-reply or a bounce: record it, change and answer nothing
+        note = (f"no automatic answer: {quiet}",)
+        return Decision(FollowUp(ticket.id, role, internal=role == "staff"), (), lang, note)
+    if role == "staff":
+        return _staff(ticket, commands, lang, config)
+    return _customer(message, ticket, role, commands, lang, config)
+
+
+def _customer(message: Message, ticket: Ticket, role: str, commands: Commands, lang: str,
+              config: Config) -> Decision:
+    hd = config.helpdesk
+    changes, errors, sends = _customer_commands(commands, role, message, ticket)
+    if errors:
+        return Decision(FollowUp(ticket.id, role, errors=errors), (Send("command_error", SENDER),), lang)
+    closing = any(c.field == "status" for c in changes)
+    reopen = False
+    if ticket.status == Status.CLOSED and not closing:
+        if hd.closed_reply == "new":
+            view = View(tickets={})
+            return _new_ticket(message, view, config, lang, None, linked=(ticket.id,))
+        if hd.closed_reply == "refuse":
+            return Decision(FollowUp(ticket.id, role), (Send("closed_reply", SENDER),), lang)
+        reopen = True
+        sends.insert(0, Send("reopened", SENDER))
+    if not any(s.to == SENDER for s in sends) and hd.acknowledge_followups:
+        sends.append(Send("ack_followup", SENDER))
+    if hd.notify_staff:
+        sends.append(Send("staff_followup", STAFF, "notification"))
+    return Decision(FollowUp(ticket.id, role, reopen, tuple(changes)), tuple(sends), lang)
+
+
+def _customer_commands(commands: Commands, role: str, message: Message,
+                       ticket: Ticket) -> tuple[list[Change], tuple[str, ...], list[Send]]:
+    """Customers may close (requester), escalate (requester, collaborator) and manage Cc (requester).
+
+    Unknown ``#words`` from customers are just text; a known command they may not use is an error.
+    """
+    changes: list[Change] = []
+    errors: list[str] = []
+    sends: list[Send] = []
+    for cmd in commands.commands:
+        if cmd.name not in CUSTOMER_COMMANDS or (cmd.name != "escalate" and role != "requester"):
+            errors.append(f"{cmd.source}: only the helpdesk staff or the ticket's requester may do this")
+        elif cmd.name == "close":
+            changes.append(Change("status", "closed"))
+            sends.append(Send("closed", SENDER))
+        elif cmd.name == "escalate":
+            reason = cmd.value or new_text(commands.rest)[:2000] or "(no reason given)"
+            changes.append(Change("escalated", reason))
+            sends += [Send("escalated", SENDER), Send("staff_escalation", ESCALATION, "notification")]
+        else:
+            _cc(cmd, changes, errors, message)
+    return changes, tuple(errors), sends
+
+
+def _cc(cmd: Command, changes: list[Change], errors: list[str], message: Message) -> None:
+    verb, _, addr = cmd.value.partition(" ")
+    addr = addr.strip().strip("<>").lower()
+    action = CC_VERBS.get(fold(verb))
+    if action is None or "@" not in addr or any(ch in addr for ch in " ,;\r\n"):
+        errors.append(f"{cmd.source}: write #cc add ADDRESS or #cc remove ADDRESS")
+    else:
+        changes.append(Change(f"cc_{action}", addr))
+
+
+def _staff(ticket: Ticket, commands: Commands, lang: str, config: Config) -> Decision:
+    changes, errors = [], [f"{line}: unknown command" for line in commands.unknown]
+    for cmd in commands.commands:
+        change = _staff_change(cmd, ticket, config)
+        (errors.append(change) if isinstance(change, str) else changes.append(change)) if change else None
+    if errors:
+        action = FollowUp(ticket.id, "staff", internal=True, errors=tuple(errors))
+        return Decision(action, (Send("command_error", SENDER),), lang)
+    internal = commands.named("note") is not None
+    relay = not internal and bool(new_text(commands.rest))
+    if relay and ticket.status in (Status.NEW, Status.REOPENED) and not any(c.field == "status" for c in changes):
+        changes.append(Change("status", "open"))  # answered
+    sends = [Send("staff_answer", PARTICIPANTS, "relay")] if relay else []
+    if any(c == Change("status", "closed") for c in changes):
+        sends.append(Send("closed", PARTICIPANTS, "notification"))
+    action = FollowUp(ticket.id, "staff", changes=tuple(changes), relay=relay, internal=not relay)
+    return Decision(action, tuple(sends), lang)
+
+
+def _staff_change(cmd: Command, ticket: Ticket, config: Config) -> Change | str | None:
+    """A command turned into a validated change, an error text, or None (a note: nothing to change)."""
+    value = fold(cmd.value.strip())
+    if cmd.name == "note":
+        return None
+    if cmd.name in ("close", "reopen"):
+        return Change("status", "closed" if cmd.name == "close" else "reopened")
+    if cmd.name == "status":
+        status = STATUS_WORDS.get(value)
+        return Change("status", status) if status else f"{cmd.source}: unknown status (new, open, closed, reopened)"
+    if cmd.name in ("priority", "queue", "category"):
+        return _labelled(cmd, value, config)
+    if cmd.name == "assign":
+        return _assignee(cmd, value, config)
+    if cmd.name == "escalate":
+        return Change("escalated", cmd.value or "(escalated by staff)")
+    return f"{cmd.source}: not a staff command here"
+
+
+def _labelled(cmd: Command, value: str, config: Config) -> Change | str:
+    entries = {"priority": config.priorities, "queue": config.queues, "category": config.categories}[cmd.name]
+    for entry in entries:
+        if value == fold(entry.key) or value in (fold(text) for _, text in entry.name.texts):
+            return Change(cmd.name, entry.key)
+    known = ", ".join(e.key for e in entries)
+    return f"{cmd.source}: unknown {cmd.name} (known: {known})"
+
+
+def _assignee(cmd: Command, value: str, config: Config) -> Change | str:
+    if value in ME_WORDS or not value:
+        return Change("assignee", "")  # resolved to the sender by the cycle, which knows who wrote
+    addr = value.strip("<>")
+    if config.is_staff(addr):
+        return Change("assignee", addr)
+    return f"{cmd.source}: {addr} is not on the staff of any queue"

@@ -83,3 +83,25 @@ _PREFIX = re.compile(
 def strip_reply_prefixes(subject: str) -> str:
     """``Re: AW: Fwd: x`` → ``x``, for the localized prefixes clients add."""
     return _PREFIX.sub("", subject).strip()
+
+
+def plus_address(base: str, ticket_id: int, token: str) -> str:
+    """The reply address of a ticket: ``local+<ticket>-<sig>@domain`` for the helpdesk address ``base``."""
+    local, _, domain = base.partition("@")
+    return f"{local}+{ticket_id}-{sign(token, ticket_id)}@{domain}"
+
+
+def plus_references(message: Message, base: str) -> list[Reference]:
+    """Tickets named by reply addresses in To, Cc and Delivered-To (our plus-addresses)."""
+    local, _, domain = base.lower().partition("@")
+    pattern = re.compile(rf"^{re.escape(local)}\+(\d{{1,12}})-([0-9a-f]{{16}})@{re.escape(domain)}$")
+    candidates = [a.addr for a in (*message.to, *message.cc)]
+    candidates += [v.strip().strip("<>").lower() for v in message.header_all("delivered-to")]
+    found: list[Reference] = []
+    for addr in candidates:
+        match = pattern.match(addr)
+        if match:
+            ref = Reference(int(match.group(1)), match.group(2))
+            if ref not in found:
+                found.append(ref)
+    return found

@@ -44,6 +44,7 @@ def compose(
     references: tuple[str, ...] = (),
     auto_submitted: str = "auto-replied",
     date: datetime,
+    reply_to: str = "",
 ) -> bytes:
     """A UTF-8 MIME message (text, plus HTML alternative when given), with CRLF line endings."""
     msg = _body(rendered)
@@ -57,8 +58,11 @@ def compose(
     refs = [r for r in references if r][-20:]
     if refs:
         _header(msg, "References", " ".join(f"<{r}>" for r in refs))
-    _header(msg, "Auto-Submitted", auto_submitted)
-    _header(msg, "Precedence", "bulk" if auto_submitted != "no" else "normal")
+    if reply_to:
+        _header(msg, "Reply-To", _address(from_name, reply_to))
+    if auto_submitted != "no":  # a staff answer is a person's mail; everything else is automatic
+        _header(msg, "Auto-Submitted", auto_submitted)
+        _header(msg, "Precedence", "bulk")
     _header(msg, "X-Auto-Response-Suppress", "All")
     _header(msg, LOOP_HEADER_NAME, from_addr)
     return msg.as_bytes(policy=_SMTP)

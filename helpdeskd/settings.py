@@ -74,6 +74,10 @@ class Helpdesk:
     state_dir: Path
     templates_dir: Path
     acknowledge_followups: bool = True
+    closed_reply: str = "reopen"  # a reply to a closed ticket: reopen | new (linked ticket) | refuse
+    cc_collaborators: bool = True  # Cc addresses of a new ticket's first message become collaborators
+    notify_staff: bool = True  # tell the queue's staff about new tickets and customer replies
+    plus_addressing: bool = False  # answers carry Reply-To: local+<ticket>-<sig>@domain (needs MTA support)
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,14 @@ class Config:
     log_level: str = "info"
     source_path: Path | None = None
     limits: "Limits" = field(default_factory=lambda: Limits())
+
+    def staff_of(self, queue_key: str) -> tuple[str, ...]:
+        found = self.queue(queue_key)
+        return found.staff if found else ()
+
+    def is_staff(self, addr: str) -> bool:
+        """Staff of any queue (assignment accepts any staff member)."""
+        return any(addr in q.staff for q in self.queues)
 
     def queue(self, key: str) -> Queue | None:
         return next((q for q in self.queues if q.key == key), None)

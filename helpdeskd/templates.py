@@ -24,7 +24,10 @@ from .matching import render_tag
 from .settings import LANGUAGES, Config
 from .ticket import Requester, Status, Ticket
 
-TICKET_TEMPLATES = ("ack_new", "ack_followup", "reopened", "closed")  # rendered with context_for
+TICKET_TEMPLATES = (  # rendered with context_for
+    "ack_new", "ack_followup", "reopened", "closed", "closed_reply", "escalated", "command_error",
+    "staff_new", "staff_followup", "staff_escalation", "staff_answer",
+)
 PLAIN_TEMPLATES = ("refused",)  # no ticket exists: rendered with refusal_context
 REQUIRED = TICKET_TEMPLATES + PLAIN_TEMPLATES
 PARTS = ("subject", "txt", "html")
@@ -92,7 +95,8 @@ class Templates:
                 for queue in (None, *(q.key for q in config.queues)):
                     ticket = sample.with_changes(queue=queue or sample.queue)
                     if name in TICKET_TEMPLATES:
-                        context = context_for(ticket, config, lang)
+                        context = context_for(ticket, config, lang, message=SAMPLE_MESSAGE, errors=["#x: sample"],
+                                              reason="sample reason")
                     else:
                         context = refusal_context(config, lang, "Sample subject", "sample reason", "disabled")
                     try:
@@ -133,6 +137,9 @@ def context_for(ticket: Ticket, config: Config, lang: str, **extra: object) -> d
     )
     default = config.helpdesk.default_language
     return {
+        "message": {"from": "", "from_name": "", "subject": "", "text": "", "role": ""},
+        "errors": [],
+        "reason": "",
         "lang": lang,
         "helpdesk": {"name": config.helpdesk.name, "address": config.helpdesk.address},
         "ticket": {
@@ -148,6 +155,10 @@ def context_for(ticket: Ticket, config: Config, lang: str, **extra: object) -> d
             "category": category.name.get(lang, default) if category else ticket.category,
             "requester_name": ticket.requester.name,
             "requester": ticket.requester.addr,
+            "assignee": ticket.assignee,
+            "collaborators": list(ticket.collaborators),
+            "escalated": ticket.escalated,
+            "linked": list(ticket.linked),
         },
         **extra,
     }
@@ -172,6 +183,10 @@ def _duration(minutes: int, lang: str) -> str:
             word = (es1 if n == 1 else esn) if lang == "es" else (en1 if n == 1 else enn)
             return f"{n} {word}"
     return f"{minutes} min"
+
+
+SAMPLE_MESSAGE = {"from": "customer@example.com", "from_name": "Sample Customer", "subject": "Sample subject",
+                  "text": "Sample text", "role": "requester"}
 
 
 def sample_ticket(config: Config) -> Ticket:

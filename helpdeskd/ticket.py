@@ -38,6 +38,10 @@ class Ticket:
     message_ids: tuple[str, ...] = ()  # Message-IDs seen, inbound and ours
     message_keys: tuple[str, ...] = ()  # idempotency keys of the messages filed here
     mail_count: int = 0  # raw messages stored under mail/
+    collaborators: tuple[str, ...] = ()  # addresses that receive staff answers besides the requester
+    assignee: str = ""  # staff address, "" when unassigned
+    escalated: str = ""  # the business-impact reason given when escalation was asked for
+    linked: tuple[int, ...] = ()  # related tickets (a reply to a closed ticket that started a new one)
     extra: dict = field(default_factory=dict, compare=False)  # keys later versions add; kept on rewrite
 
     def with_changes(self, **changes) -> "Ticket":
@@ -45,3 +49,7 @@ class Ticket:
 
     def has_key(self, key: str) -> bool:
         return key in self.message_keys
+
+    def participants(self) -> tuple[str, ...]:
+        """Who hears staff answers: the requester, then the collaborators."""
+        return tuple(dict.fromkeys(a for a in (self.requester.addr, *self.collaborators) if a))

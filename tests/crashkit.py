@@ -337,7 +337,11 @@ class Outcome:
         return found
 
     def acks_per_ticket(self) -> Counter:
-        return Counter(a.get("ticket") for a in self.acks)
+        """Acknowledgments (answers to the customer) per ticket; staff notices are counted apart."""
+        return Counter(a.get("ticket") for a in self.acks if a.get("kind") == "auto-reply")
+
+    def notices_per_ticket(self) -> Counter:
+        return Counter(a.get("ticket") for a in self.acks if a.get("kind") == "notification")
 
 
 def read_outcome(config: Path, state: Path, inbox: Path, *, via_cli: bool = True) -> Outcome:
@@ -403,8 +407,12 @@ def problems(outcome: Outcome, mails: list[Mail], duplicates: int = 0) -> list[s
             found.append(f"ticket #{t['id']} has {per_ticket.get(t['id'], 0)} acknowledgments in the outbox")
     for ticket_id in set(per_ticket) - set(ids):
         found.append(f"{per_ticket[ticket_id]} acknowledgment(s) for ticket {ticket_id!r}, which does not exist")
+    notices = outcome.notices_per_ticket()
+    for t in outcome.tickets:  # the shipped config's general queue has one staff member
+        if notices.get(t["id"], 0) != 1:
+            found.append(f"ticket #{t['id']} has {notices.get(t['id'], 0)} staff notices in the outbox")
     for ack in outcome.acks:
-        if ack.get("template") != "ack_new":
+        if ack.get("template") not in ("ack_new", "staff_new"):
             found.append(f"outbox {ack['_file']}: unexpected template {ack.get('template')!r}")
     for where, names in outcome.leftovers.items():
         if names:
@@ -415,11 +423,14 @@ def problems(outcome: Outcome, mails: list[Mail], duplicates: int = 0) -> list[s
 
 
 def history_problems(state: Path, tickets: list[dict]) -> list[str]:
-    """Each ticket's history: one 'created', one 'message', one 'reply_queued' entry, none twice."""
+    """Each ticket's history: one 'created', one 'message', one 'reply_queued' entry per mail sent
+    (the acknowledgment and the staff notice), none twice."""
     found = []
     for t in tickets:
         events = events_of(state, t["id"])
         counts = Counter(e.get("type") for e in events)
+        counts["reply_queued"] = min(Counter(e.get("template") for e in events if e.get("type") == "reply_queued")
+                                     [name] for name in ("ack_new", "staff_new"))
         for kind in ("created", "message", "reply_queued"):
             if counts.get(kind, 0) != 1:
                 found.append(f"ticket #{t['id']}: {counts.get(kind, 0)} '{kind}' events in events.jsonl "

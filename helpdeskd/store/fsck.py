@@ -65,7 +65,7 @@ def _reindex(store: TicketStore, ticket, report: FsckReport) -> None:
     for key in ticket.message_keys:
         if store.read_claim(key) is None:
             # The message is on the ticket already: re-filing it must do nothing, so no answer is recorded.
-            store.write_claim(key, {"action": "followup", "ticket": ticket.id, "reply": None, "lang": "en",
+            store.write_claim(key, {"action": "followup", "ticket": ticket.id, "sends": [], "lang": "en",
                                     "notes": [], "rebuilt": True})
             report.repaired.append(f"claim for message {key} on ticket #{ticket.id} recreated")
         report.indexed_keys += 1
@@ -80,6 +80,6 @@ def _check_seq(store: TicketStore, highest: int, report: FsckReport) -> None:
 def _claim_refused(store: TicketStore, refused: Holding, report: FsckReport) -> None:
     for item in refused.items():
         if store.read_claim(item.id) is None:
-            store.write_claim(item.id, {"action": "refused", "ticket": None, "reply": None, "lang": "en",
+            store.write_claim(item.id, {"action": "refused", "ticket": None, "sends": [], "lang": "en",
                                         "notes": [], "reason": item.reason, "rebuilt": True})
             report.repaired.append(f"claim for refused message {item.id} recreated")

@@ -185,8 +185,8 @@ def ticket_to_dict(ticket: Ticket) -> dict:
     data = dict(ticket.extra)
     data.update({name: getattr(ticket, name) for name in _TICKET_FIELDS})
     data["status"] = str(ticket.status)
-    data["message_ids"] = list(ticket.message_ids)
-    data["message_keys"] = list(ticket.message_keys)
+    for name in ("message_ids", "message_keys", "collaborators", "linked"):
+        data[name] = list(getattr(ticket, name))
     r = ticket.requester
     data["requester"] = {"addr": r.addr, "name": r.name, "language": r.language}
     return data
@@ -194,8 +194,8 @@ def ticket_to_dict(ticket: Ticket) -> dict:
 
 def ticket_from_dict(data: dict) -> Ticket:
     known = {name: data[name] for name in _TICKET_FIELDS if name in data}
-    known["message_ids"] = tuple(known.get("message_ids", ()))
-    known["message_keys"] = tuple(known.get("message_keys", ()))
+    for name in ("message_ids", "message_keys", "collaborators", "linked"):
+        known[name] = tuple(known.get(name, ()))
     extra = {k: v for k, v in data.items() if k not in _TICKET_FIELDS | {"requester", "status"}}
     return Ticket(
         status=Status(data.get("status", "new")),

@@ -1,0 +1,141 @@
+"""Turning a decision's Sends into queued mail: one message per recipient, each queued exactly once.
+
+Used by the cycle (mail that came in) and by ``helpdeskctl`` (answers typed at the command line).
+Outbox ids derive from the occasion's key, the template and the recipient, so doing the same work
+twice — after a crash — queues nothing twice, and each queued mail is recorded once in the history.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field, replace
+
+from .actions import ESCALATION, PARTICIPANTS, REQUESTER, SENDER, STAFF, Send
+from .matching import make_message_id, plus_address, render_tag, tagged_ids
+from .outmail import compose
+from .services import Services, event_once
+from .templates import Rendered, context_for, refusal_context
+from .ticket import Ticket
+
+AUTO_SUBMITTED = {"auto-reply": "auto-replied", "notification": "auto-generated", "relay": "no"}
+
+
+@dataclass(frozen=True)
+class Occasion:
+    """Why mail goes out, and what its templates may show about it."""
+
+    key: str  # idempotency base: the inbound message key, or an operation id
+    sender: str = ""  # who caused it ("" for the helpdesk itself)
+    sender_name: str = ""
+    language: str = "en"  # the sender's language
+    message: dict = field(default_factory=dict)  # template variable: from, from_name, subject, text, role
+    in_reply_to: str = ""  # the inbound Message-ID answered (auto-replies thread under it)
+    references: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict)  # more template variables: reason, errors
+
+
+@dataclass(frozen=True)
+class Recipient:
+    addr: str
+    name: str
+    language: str
+
+
+def recipients(send: Send, ticket: Ticket, occasion: Occasion, svc: Services) -> list[Recipient]:
+    """The addresses a Send goes to, each with the language to write in; never the sender themself
+    (except for answers to the sender), never duplicated."""
+    config, requester = svc.config, ticket.requester
+    default = config.helpdesk.default_language
+    if send.to == SENDER:
+        return [Recipient(occasion.sender, occasion.sender_name, occasion.language)] if occasion.sender else []
+    if send.to == REQUESTER:
+        people = [Recipient(requester.addr, requester.name, requester.language)]
+    elif send.to == PARTICIPANTS:
+        people = [Recipient(a, requester.name if a == requester.addr else "", requester.language)
+                  for a in ticket.participants()]
+    else:
+        queue = config.queue(ticket.queue)
+        addrs = (queue.staff if send.to == STAFF else queue.escalation) if queue else ()
+        people = [Recipient(a, "", default) for a in addrs]
+    unique: dict[str, Recipient] = {}
+    for person in people:
+        if person.addr and person.addr != occasion.sender:
+            unique.setdefault(person.addr, person)
+    return list(unique.values())
+
+
+def queue_sends(svc: Services, ticket: Ticket, sends: list[Send], occasion: Occasion) -> int:
+    """Queue every Send for ``ticket``; returns how many mails were queued now (0 on a repeat)."""
+    queued = 0
+    for send in sends:
+        for person in recipients(send, ticket, occasion, svc):
+            queued += _queue_one(svc, ticket, send, person, occasion)
+    return queued
+
+
+def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occasion: Occasion) -> int:
+    out_id = hashlib.sha256(f"{occasion.key}:{send.template}:{person.addr}".encode()).hexdigest()[:24]
+    hd = svc.config.helpdesk
+    mid = make_message_id(ticket.id, ticket.token, out_id, hd.message_id_domain)
+    queued = 0
+    if svc.outbox.state_of(out_id) is None:
+        context = context_for(ticket, svc.config, person.language, message=occasion.message, **occasion.extra)
+        rendered = _with_tag(svc.templates.render(send.template, person.language, ticket.queue, context),
+                             hd.subject_tag, ticket.id)
+        data = _compose(svc, rendered, ticket, send, person, mid, occasion)
+        envelope = {"from": hd.address if send.kind == "relay" else "", "to": [person.addr], "ticket": ticket.id,
+                    "template": send.template, "kind": send.kind, "message_id": mid}
+        before_enqueue(svc, person.addr, out_id, send.kind)
+        queued = int(svc.outbox.enqueue(out_id, envelope, data))
+    event_once(svc, ticket.id, {"type": "reply_queued", "ref": out_id, "template": send.template,
+                                "to": person.addr, "kind": send.kind, "message_id": mid,
+                                "language": person.language})
+    return queued
+
+
+def before_enqueue(svc: Services, addr: str, out_id: str, kind: str) -> None:
+    """Hook for the rate limits' bookkeeping (see the SMTP issue); nothing to do by default."""
+
+
+def _compose(svc: Services, rendered: Rendered, ticket: Ticket, send: Send, person: Recipient, mid: str,
+             occasion: Occasion) -> bytes:
+    hd = svc.config.helpdesk
+    if send.to == SENDER:  # an answer to the mail that came in: thread under it
+        in_reply_to, refs = occasion.in_reply_to, (*occasion.references, occasion.in_reply_to)
+    else:  # people who never saw the incoming mail: thread under the ticket's first message
+        first = ticket.message_ids[:1]
+        in_reply_to, refs = (first[0] if first else ""), first
+    from_name = f"{occasion.sender_name or occasion.sender} ({hd.name})" if send.kind == "relay" else hd.name
+    return compose(
+        rendered, from_name=from_name, from_addr=hd.address, to_name=person.name, to_addr=person.addr,
+        message_id=mid, in_reply_to=in_reply_to, references=tuple(r for r in refs if r),
+        auto_submitted=AUTO_SUBMITTED[send.kind], date=svc.clock(),
+        reply_to=plus_address(hd.address, ticket.id, ticket.token) if hd.plus_addressing else "",
+    )
+
+
+def _with_tag(rendered: Rendered, tag_format: str, ticket_id: int) -> Rendered:
+    """Make sure the subject carries our tag, whatever the template says: replies must find their ticket."""
+    if ticket_id in tagged_ids(rendered.subject, tag_format):
+        return rendered
+    return replace(rendered, subject=f"{render_tag(tag_format, ticket_id)} {rendered.subject}")
+
+
+def queue_refusal(svc: Services, template: str, occasion: Occasion, subject: str, reason: str, code: str) -> bool:
+    """The answer to mail that did not become a ticket (no ticket to record it on). True if queued now."""
+    out_id = hashlib.sha256(f"{occasion.key}:{template}".encode()).hexdigest()[:24]
+    if not occasion.sender or svc.outbox.state_of(out_id) is not None:
+        return False
+    hd = svc.config.helpdesk
+    lang = occasion.language
+    rendered = svc.templates.render(template, lang, None, refusal_context(svc.config, lang, subject, reason, code))
+    mid = make_message_id(0, "refused", out_id, hd.message_id_domain)
+    data = compose(
+        rendered, from_name=hd.name, from_addr=hd.address, to_name=occasion.sender_name, to_addr=occasion.sender,
+        message_id=mid, in_reply_to=occasion.in_reply_to,
+        references=tuple(r for r in (*occasion.references, occasion.in_reply_to) if r), date=svc.clock(),
+    )
+    envelope = {"from": "", "to": [occasion.sender], "ticket": None, "template": template, "kind": "auto-reply",
+                "message_id": mid}
+    before_enqueue(svc, occasion.sender, out_id, "auto-reply")
+    return svc.outbox.enqueue(out_id, envelope, data)

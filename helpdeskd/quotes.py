@@ -1,0 +1,55 @@
+"""What is new in a reply: the text above the quoted history and the signature.
+
+Used only for display and relaying (the ticket history's ``new_text``, staff answers); the raw
+message is always stored whole, so a wrong cut never loses anything.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Attribution lines mail clients put above the quote, in the languages our customers use.
+_ATTRIBUTION = re.compile(
+    r"^\s*(?:"
+    r"on\b.{0,200}\bwrote:|"  # On Mon, 1 Jan 2026, Ana <a@b> wrote:
+    r"el\b.{0,200}\bescribi[óo]:|"  # El lun, 1 ene 2026, Ana <a@b> escribió:
+    r"am\b.{0,200}\bschrieb.{0,80}:|"
+    r"le\b.{0,200}\ba [ée]crit\s*:|"
+    r"-{2,}\s*(?:original message|mensaje original|forwarded message|mensaje reenviado)\s*-{2,}|"
+    r"_{10,}"  # Outlook's rule above the quoted header block
+    r")\s*$",
+    re.IGNORECASE,
+)
+_OUTLOOK_HEADER = re.compile(r"^\s*\*?(?:from|de)\s*:\*?\s.+$", re.IGNORECASE)
+_OUTLOOK_NEXT = re.compile(r"^\s*\*?(?:sent|enviado(?: el)?|date|fecha)\s*:", re.IGNORECASE)
+_SIGNATURE = re.compile(r"^-- ?$")
+_MOBILE = re.compile(r"^\s*(?:sent from my|enviado desde mi)\b", re.IGNORECASE)
+
+
+def new_text(text: str) -> str:
+    """The reply's own words: everything before the first quote marker, attribution or signature."""
+    lines = text.splitlines()
+    end = len(lines)
+    for index, line in enumerate(lines):
+        if _cuts_here(lines, index, line):
+            end = index
+            break
+    kept = [line for line in lines[:end] if not line.lstrip().startswith(">")]
+    return "\n".join(kept).strip()
+
+
+def _cuts_here(lines: list[str], index: int, line: str) -> bool:
+    if _SIGNATURE.match(line) or _ATTRIBUTION.match(line) or _MOBILE.match(line):
+        return True
+    if line.lstrip().startswith(">") and _rest_is_quoted(lines[index:]):
+        return True
+    nxt = lines[index + 1] if index + 1 < len(lines) else ""
+    return bool(_OUTLOOK_HEADER.match(line) and _OUTLOOK_NEXT.match(nxt))
+
+
+def _rest_is_quoted(rest: list[str]) -> bool:
+    """A ``>`` block that nothing but blank lines, quotes and a signature follows (bottom quote)."""
+    for line in rest:
+        if line.strip() and not line.lstrip().startswith(">"):
+            return bool(_SIGNATURE.match(line))
+    return True
