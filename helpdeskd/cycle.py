@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 
 from .actions import Decision, FollowUp, Ignore, NewTicket, Refuse
-from .decide import View, decide, wanted_ticket_ids
+from .decide import View, decide, recipients_of_interest, wanted_ticket_ids
 from .errors import TransientError
 from .matching import make_message_id, render_tag, tagged_ids
 from .message import Inbound, Message
@@ -28,6 +28,7 @@ from .settings import Config, Mailbox
 from .store.holding import Holding
 from .store.lock import WRITE, StateLock
 from .store.outbox import Outbox
+from .store.sentlog import SentLog
 from .store.tickets import TicketStore
 from .templates import Rendered, Templates, context_for, refusal_context
 from .ticket import Requester, Status, Ticket
@@ -46,6 +47,11 @@ class Services:
     refused: Holding
     templates: Templates
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    sent: SentLog | None = None  # automatic messages queued recently (rate limits); made from state_dir
+
+    def __post_init__(self) -> None:
+        if self.sent is None:
+            self.sent = SentLog(self.config.helpdesk.state_dir)
 
     @classmethod
     def open(cls, config: Config, templates: Templates) -> "Services":
@@ -117,7 +123,23 @@ def gather_view(message: Message, svc: Services, mailbox: Mailbox | None) -> Vie
     wanted = dict.fromkeys([*wanted_ticket_ids(message, svc.config), *hints])
     tickets = {tid: t for tid in wanted if (t := store.get(tid)) is not None}
     duplicate_of = store.find_by_message_id(message.message_id)
-    return View(tickets, tuple(dict.fromkeys(hints)), duplicate_of, mailbox)
+    sent_to, sent_in_all = _recent_autoreplies(recipients_of_interest(message, tickets), svc)
+    return View(tickets, tuple(dict.fromkeys(hints)), duplicate_of, mailbox, sent_to, sent_in_all)
+
+
+def _recent_autoreplies(addrs: list[str], svc: Services) -> tuple[dict[str, int], int]:
+    """Counts for the rate limits: per address within its window, and in all within the global one."""
+    now, limits = svc.clock().timestamp(), svc.config.autoreply
+    per = {a: svc.sent.count(a, now - limits.per_recipient_window_seconds) for a in addrs if a}
+    return per, svc.sent.count_all(now - limits.global_window_seconds)
+
+
+def _note_sent(svc: Services, addr: str, out_id: str) -> None:
+    """Count one automatic message for the rate limits, before it is queued (a crash then over-counts
+    by one, never under-counts; re-filing does not count it twice)."""
+    limits = svc.config.autoreply
+    horizon = max(limits.per_recipient_window_seconds, limits.global_window_seconds)
+    svc.sent.record(addr, out_id, svc.clock().timestamp(), horizon)
 
 
 def _claim(message: Message, decision: Decision, svc: Services) -> dict:
@@ -220,6 +242,7 @@ def _reply(ticket: Ticket, message: Message, claim: dict, svc: Services) -> bool
     data = _compose(rendered, ticket.requester.name, ticket.requester.addr, mid, message, svc)
     envelope = {"from": "", "to": [ticket.requester.addr], "ticket": ticket.id, "template": template,
                 "kind": "auto-reply", "message_id": mid}
+    _note_sent(svc, ticket.requester.addr, out_id)
     queued = svc.outbox.enqueue(out_id, envelope, data)
     _event_once(svc, ticket.id, {"type": "reply_queued", "ref": out_id, "template": template,
                                  "to": ticket.requester.addr, "message_id": mid, "language": lang})
@@ -242,6 +265,7 @@ def _refuse(message: Message, inbound: Inbound, claim: dict, svc: Services, agai
             data = _compose(rendered, sender.name, sender.addr, mid, message, svc)
             envelope = {"from": "", "to": [sender.addr], "ticket": None, "template": claim["reply"],
                         "kind": "auto-reply", "message_id": mid}
+            _note_sent(svc, sender.addr, out_id)
             queued = svc.outbox.enqueue(out_id, envelope, data)
     action = "duplicate" if again and kept and not queued else "refused"
     return Outcome(action, None, message.message_id, claim["reply"], claim["reason"])

@@ -83,6 +83,7 @@ class _State:
     limits: Limits
     defects: dict[str, None] = field(default_factory=dict)  # ordered set: dedup in O(1)
     attachments: list[Attachment] = field(default_factory=list)
+    embedded_ids: list[str] = field(default_factory=list)
     parts: int = 0
 
     def defect(self, text: str) -> None:
@@ -178,6 +179,7 @@ def _build(raw: bytes, root: MimePart, state: _State, *, text: str, html: bool) 
         headers=headers,
         defects=tuple(state.defects),  # dict keys keep insertion order
         size=len(raw),
+        embedded_ids=tuple(dict.fromkeys(state.embedded_ids)),
     )
 
 
@@ -693,6 +695,26 @@ def _add_attachment(part: MimePart, ctype: str, state: _State) -> None:
     digest = hashlib.sha256(data).hexdigest()[:10]
     storage = f"att-{number}-{digest}{_extension(filename, ctype)}"
     state.attachments.append(Attachment(filename=filename, content_type=ctype, size=len(data), storage_name=storage))
+    if ctype in _EMBEDDED_TYPES:
+        _note_embedded_id(part, data, state)
+
+
+# A bounce report carries the returned mail (message/rfc822) or just its headers (text/rfc822-headers):
+# their Message-ID tells which of our messages bounced (RFC 3464, RFC 6532 for the "global" variants).
+_EMBEDDED_TYPES = ("message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers")
+
+
+def _note_embedded_id(part: MimePart, data: bytes, state: _State) -> None:
+    payload = part.get_payload()
+    inner = payload[0] if isinstance(payload, list) and payload and isinstance(payload[0], MimePart) else None
+    if inner is None:
+        try:
+            inner = BytesHeaderParser(policy=compat32).parsebytes(data)
+        except (LookupError, UnicodeError, ValueError, TypeError):
+            return
+    message_id = _message_id(_raw_header(inner, "message-id", state))
+    if message_id:
+        state.embedded_ids.append(message_id)
 
 
 def _attachment_bytes(part: MimePart) -> bytes:
