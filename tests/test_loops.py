@@ -236,3 +236,20 @@ def test_a_peer_that_answers_everything_gets_a_bounded_number_of_messages(tmp_pa
     assert len(peer.received) == 5  # = autoreply.per_recipient, however long the peer keeps going
     assert a.store.last_id() == 1 and a.store.get(1).mail_count == 6
     assert "rate limit" in notes(a, 1)[-1]
+
+
+def test_decide_reads_rate_limits_from_the_view_only(config):
+    """decide stays pure: the counts come in the View, the suppression comes out as a note."""
+    from helpdeskd.decide import View, decide
+
+    msg = parse(mail())
+    assert decide(msg, View(sent_to={"ana@cliente.es": 4}), config).reply == "ack_new"
+    limited = decide(msg, View(sent_to={"ana@cliente.es": 5}), config)
+    assert limited.reply is None and "rate limit" in limited.notes[0]
+    assert "circuit breaker" in decide(msg, View(sent_in_all=300), config).notes[0]
+
+
+def test_parse_lists_message_ids_of_embedded_mail():
+    raw = dsn("headers", "hd.1.0123456789abcdef.x@helpdesk.localhost")
+    assert parse(raw).embedded_ids == ("hd.1.0123456789abcdef.x@helpdesk.localhost",)
+    assert parse(dsn("message", "a@b.example")).embedded_ids == ("a@b.example",)
