@@ -1,4 +1,4 @@
-"""``helpdeskd``: the daemon and its mail-side commands (run, once, deliver, check-config, fsck)."""
+"""``helpdeskd``: the daemon and its mail-side commands (run, once, send-once, deliver, check-config, fsck)."""
 
 from __future__ import annotations
 
@@ -51,7 +51,22 @@ def cmd_check_config(args: argparse.Namespace, path: Path, runtime: Runtime) -> 
         f"{len(c.categories)} categories, {len(c.mailboxes)} mailboxes, templates in {c.helpdesk.templates_dir}"
         + ("" if c.helpdesk.enabled else " (helpdesk disabled)")
     )
+    print(_smtp_summary(c.smtp))
     return EX_OK
+
+
+def _smtp_summary(smtp) -> str:
+    """One line on outgoing mail; says so when the password source cannot be read from here."""
+    if smtp is None:
+        return "outgoing mail: outbox only (no [smtp] section)"
+    from .smtp import resolve_password
+
+    line = f"outgoing mail: SMTP {smtp.host}:{smtp.port} ({smtp.security})" + (f" as {smtp.user}" if smtp.user else "")
+    try:
+        resolve_password(smtp)
+    except ConfigError as exc:
+        line += f"; warning: {'; '.join(exc.problems)}"
+    return line
 
 
 def cmd_run(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
@@ -71,6 +86,22 @@ def cmd_once(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
             print(f"{mailbox.name}: " + (", ".join(f"{n} {k}" for k, n in sorted(result.counts.items())) or "no mail")
                   + (f" (error: {result.error})" if result.error else ""))
     return EX_FAIL if failed else EX_OK
+
+
+def cmd_send_once(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
+    """Deliver what is due in the outbox once and exit (for cron, beside ``once``). 1 if anything failed."""
+    from .sender import Sender  # smtplib and ssl only when sending
+    from .store.outbox import Outbox
+
+    smtp = runtime.config.smtp
+    if smtp is None:
+        print("helpdeskd: no [smtp] section: outgoing mail stays in the outbox", file=sys.stderr)
+        return EX_FAIL
+    with StateLock(runtime.config.helpdesk.state_dir, DAEMON).acquire():  # one sender at a time
+        result = Sender(Outbox(runtime.config.helpdesk.state_dir), smtp).run_once()
+    waiting = "" if result.next_due_in is None else f", next attempt in {result.next_due_in:.0f} s"
+    print(f"outbox: {result.sent} sent, {result.deferred} deferred, {result.failed} failed{waiting}")
+    return EX_FAIL if result.deferred or result.failed else EX_OK
 
 
 def cmd_deliver(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
@@ -114,6 +145,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", parents=[common], help="run the daemon").set_defaults(func=cmd_run)
     once = sub.add_parser("once", parents=[common], help="poll every mailbox once and exit")
     once.set_defaults(func=cmd_once)
+    sub.add_parser("send-once", parents=[common], help="deliver the due outbox mail over SMTP once and exit"
+                   ).set_defaults(func=cmd_send_once)
     deliver = sub.add_parser("deliver", parents=[common], help="file one message from stdin (MTA pipe)")
     deliver.add_argument("--mailbox", default="deliver", help="intake name recorded on the ticket; a configured "
                          "mailbox name applies its queue/priority/category defaults")

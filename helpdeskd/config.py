@@ -25,6 +25,8 @@ from typing import Any, NamedTuple, TypeVar
 from helpdeskd.errors import ConfigError
 from helpdeskd.settings import (
     LANGUAGES,
+    SMTP_SECURITY,
+    AutoReply,
     Category,
     Config,
     Helpdesk,
@@ -33,6 +35,7 @@ from helpdeskd.settings import (
     Mailbox,
     Priority,
     Queue,
+    Smtp,
 )
 
 __all__ = ["KEY_PATTERN", "LOG_LEVELS", "PROTOCOLS", "build_config", "load_config"]
@@ -257,6 +260,8 @@ def _config(root: _Reader, base_dir: Path) -> Config:
         mailboxes=_section(root, "mailboxes", "name", lambda r, i: _mailbox(r, declared, base_dir)),
         log_level=log_level,
         limits=limits,
+        smtp=_smtp(root.child("smtp"), base_dir) if root.has("smtp") else None,
+        autoreply=_autoreply(root.child("autoreply", required=False)),
     )
     root.finish()
     return config
@@ -561,3 +566,128 @@ def _parse_interval(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
         return None
     return float(value)
+
+
+# --------------------------------------------------------------------------- [smtp], [autoreply]
+
+_DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
+_PASSWORD_SOURCES = ("password_file", "password_env", "password_credential")
+
+
+def _smtp(r: _Reader | None, base_dir: Path) -> Smtp | None:
+    """[smtp]: where outgoing mail goes. Absent means outbox only; present means it must be complete."""
+    if r is None:
+        return None
+    security = _choice(r, "security", SMTP_SECURITY, "a security mode", default="starttls") or "starttls"
+    values = {
+        "host": r.text("host"),
+        "port": _port(r, _DEFAULT_PORTS[security]),
+        "security": security,
+        "allow_plaintext": r.get("allow_plaintext", BOOLEAN, False),
+        "ca_file": _path(r, "ca_file", base_dir, None),
+        **_smtp_login(r, base_dir, security),
+        **_smtp_timing(r),
+        "envelope_sender": _envelope_sender(r),
+        "helo_name": _helo(r),
+    }
+    _check_plaintext(r, security, values["allow_plaintext"])
+    r.finish()
+    return Smtp(**values)
+
+
+def _port(r: _Reader, default: int) -> int | None:
+    port = r.get("port", POSITIVE_INT, default)
+    return port if port is None or port <= 65535 else r.refuse("port", f"{port} is not a TCP port (1-65535)")
+
+
+def _check_plaintext(r: _Reader, security: str, allowed: bool | None) -> None:
+    """Plaintext SMTP is an explicit choice (a local MTA), never a default or a typo."""
+    if security == "none" and not allowed:
+        r.problem("security", '"none" sends mail unencrypted; set allow_plaintext = true to allow it '
+                              "(for example to a local MTA on 127.0.0.1)")
+
+
+def _smtp_login(r: _Reader, base_dir: Path, security: str) -> dict[str, Any]:
+    """The login user and where its password comes from: at most one source, and one is needed."""
+    values = {
+        "user": r.text("user", None),
+        "password_file": _path(r, "password_file", base_dir, None),
+        "password_env": r.text("password_env", None),
+        "password_credential": _credential_name(r),
+    }
+    given = [k for k in _PASSWORD_SOURCES if r.has(k)]
+    if len(given) > 1:
+        r.problem(given[1], f"give only one of {', '.join(_PASSWORD_SOURCES)}")
+    if r.has("user") and not given:
+        r.problem("user", f"a login needs a password: set one of {', '.join(_PASSWORD_SOURCES)}")
+    if given and not r.has("user"):
+        r.problem(given[0], "a password without a user: set user too")
+    if r.has("user") and security == "none":
+        r.problem("user", 'logging in over security = "none" would send the password in clear text')
+    return values
+
+
+def _credential_name(r: _Reader) -> str | None:
+    """A systemd credential is a file name inside $CREDENTIALS_DIRECTORY: no directories."""
+    name = r.text("password_credential", None)
+    if name and ("/" in name or name in (".", "..")):
+        return r.refuse("password_credential", f"{_quote(name)} must be a credential name, not a path")
+    return name
+
+
+def _smtp_timing(r: _Reader) -> dict[str, Any]:
+    """Timeouts and the retry schedule, all in seconds (a number, or "30s", "5m", "1h", "2d")."""
+    values = {
+        "timeout_seconds": _seconds(r, "timeout", 30.0),
+        "retry_first_seconds": _seconds(r, "retry_first", 60.0),
+        "retry_max_seconds": _seconds(r, "retry_max", 3600.0),
+        "give_up_seconds": _seconds(r, "give_up_after", 5 * 86400.0),
+        "interval_seconds": _seconds(r, "interval", 30.0),
+    }
+    first, most = values["retry_first_seconds"], values["retry_max_seconds"]
+    if first is not None and most is not None and most < first:
+        r.problem("retry_max", "must not be shorter than retry_first")
+    return values
+
+
+def _seconds(r: _Reader, key: str, default: float) -> float | None:
+    """Like :func:`_interval`, also accepting whole days ("2d")."""
+    value = r.get(key, ANY, default)
+    if isinstance(value, str) and re.fullmatch(r"\d+d", value.strip().lower()):
+        return float(value.strip()[:-1]) * 86400
+    seconds = _parse_interval(value)
+    return seconds if seconds is not None else r.refuse(key, INTERVAL_HINT + ' or days ("2d")')
+
+
+def _envelope_sender(r: _Reader) -> str:
+    """MAIL FROM for automatic answers: "" (the null sender, RFC 3834's advice) or a bare address."""
+    value = r.get("envelope_sender", STRING, "")
+    if not value:
+        return ""
+    problem = _address_problem(value)
+    if problem:
+        r.problem("envelope_sender", problem)
+        return ""
+    return value
+
+
+def _helo(r: _Reader) -> str | None:
+    name = r.text("helo_name", None)
+    if name and not _valid_domain(name):
+        return r.refuse("helo_name", f"{_quote(name)} is not a valid domain name")
+    return name
+
+
+def _autoreply(r: _Reader | None) -> AutoReply:
+    """[autoreply]: how many automatic answers per recipient and in all, per window."""
+    if r is None:
+        return AutoReply()
+    base = AutoReply()
+    values = {
+        "per_recipient": r.get("per_recipient", POSITIVE_INT, base.per_recipient),
+        "per_recipient_window_seconds": _seconds(r, "per_recipient_window", base.per_recipient_window_seconds),
+        "global_max": r.get("global_max", POSITIVE_INT, base.global_max),
+        "global_window_seconds": _seconds(r, "global_window", base.global_window_seconds),
+    }
+    r.finish()
+    return AutoReply(**{k: v for k, v in values.items() if v is not None})

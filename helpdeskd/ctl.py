@@ -1,4 +1,4 @@
-"""``helpdeskctl``: looking at tickets, the outbox and the quarantine (read-only in this version)."""
+"""``helpdeskctl``: looking at tickets, the outbox and the quarantine; requeueing failed outgoing mail."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 from .config import load_config
-from .errors import ConfigError
+from .errors import ConfigError, StoreLocked
 from .parse import parse
 from .settings import Config
 from .store.holding import Holding
+from .store.lock import WRITE, StateLock
 from .store.outbox import STATES, Outbox
 from .store.tickets import TicketStore, ticket_to_dict
 from .ticket import Ticket
@@ -136,7 +137,8 @@ def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
     outbox = Outbox(config.helpdesk.state_dir)
     entries = list(outbox.entries(tuple(args.state) if args.state else STATES))
     if args.json:
-        json.dump([{"id": e.id, "state": e.state, "envelope": e.envelope, "reason": e.reason} for e in entries],
+        json.dump([{"id": e.id, "state": e.state, "envelope": e.envelope, "reason": e.reason,
+                    "retry": outbox.retry_state(e.id) if e.state == "new" else {}} for e in entries],
                   sys.stdout, ensure_ascii=False, indent=1)
         print()
         return 0
@@ -144,11 +146,40 @@ def cmd_outbox(args: argparse.Namespace, config: Config) -> int:
         sent = parse(e.data)
         print(f"{e.id}  {e.state:6}  to {', '.join(e.envelope.get('to', []))}  ticket #{e.envelope.get('ticket')}"
               f"  {sent.subject}" + (f"  ({e.reason})" if e.reason else ""))
+        retry = outbox.retry_state(e.id) if e.state == "new" else {}
+        if retry:
+            print(f"    attempt {retry.get('attempts')} failed: {retry.get('last_error')}; "
+                  f"next attempt {retry.get('next_attempt')}")
         if args.verbose:
             print(_indent(sent.text))
     depth = outbox.depth()
     print(", ".join(f"{n} {state}" for state, n in depth.items()) + " (new = waiting to be sent)")
     return 0
+
+
+def cmd_outbox_retry(args: argparse.Namespace, config: Config) -> int:
+    """Move failed mail back to the queue (under the write lock); 1 if an id was not in failed/."""
+    outbox = Outbox(config.helpdesk.state_dir)
+    ids = [e.id for e in outbox.entries(("failed",))] if args.all else args.ids
+    if not ids:
+        print("helpdeskctl: outbox retry: give the ids to requeue, or --all" if not args.all
+              else "no failed mail", file=sys.stderr)
+        return 0 if args.all else 2
+    missing = []
+    try:
+        lock = StateLock(config.helpdesk.state_dir, WRITE).acquire(wait_seconds=30)
+    except StoreLocked as exc:
+        print(f"helpdeskctl: {exc}", file=sys.stderr)
+        return 1
+    with lock:
+        for msg_id in ids:
+            if outbox.requeue(msg_id):
+                print(f"{msg_id}: queued again")
+            else:
+                missing.append(msg_id)
+                print(f"helpdeskctl: {msg_id} is not in outbox/failed/ (state: {outbox.state_of(msg_id) or 'unknown'})",
+                      file=sys.stderr)
+    return 1 if missing else 0
 
 
 def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
@@ -184,6 +215,10 @@ def _parser() -> argparse.ArgumentParser:
     out.add_argument("-v", "--verbose", action="store_true", help="print each message's text")
     out.add_argument("--json", action="store_true")
     out.set_defaults(func=cmd_outbox)
+    retry = out.add_subparsers(dest="outbox_command").add_parser("retry", help="queue failed mail again")
+    retry.add_argument("ids", nargs="*", metavar="ID")
+    retry.add_argument("--all", action="store_true", help="every message in failed/")
+    retry.set_defaults(func=cmd_outbox_retry)
     quar = sub.add_parser("quarantine", help="mail that could not be processed, with the reason")
     quar.add_argument("--json", action="store_true")
     quar.set_defaults(func=cmd_quarantine, folder="quarantine")

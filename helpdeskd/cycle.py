@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 from .actions import Change, Decision, FollowUp, Ignore, NewTicket, Refuse, Send
 from .commands import read_commands
-from .decide import View, decide, wanted_ticket_ids
+from .decide import View, decide, recipients_of_interest, wanted_ticket_ids
 from .errors import TransientError
 from .mailout import Occasion, queue_refusal, queue_sends
 from .message import Inbound, Message
@@ -89,7 +89,15 @@ def gather_view(message: Message, svc: Services, mailbox: Mailbox | None) -> Vie
     wanted = dict.fromkeys([*wanted_ticket_ids(message, svc.config), *hints])
     tickets = {tid: t for tid in wanted if (t := store.get(tid)) is not None}
     duplicate_of = store.find_by_message_id(message.message_id)
-    return View(tickets, tuple(dict.fromkeys(hints)), duplicate_of, mailbox)
+    sent_to, sent_in_all = _recent_autoreplies(recipients_of_interest(message, tickets), svc)
+    return View(tickets, tuple(dict.fromkeys(hints)), duplicate_of, mailbox, sent_to, sent_in_all)
+
+
+def _recent_autoreplies(addrs: list[str], svc: Services) -> tuple[dict[str, int], int]:
+    """Counts for the rate limits: per address within its window, and in all within the global one."""
+    now, limits = svc.clock().timestamp(), svc.config.autoreply
+    per = {a: svc.sent.count(a, now - limits.per_recipient_window_seconds) for a in addrs if a}
+    return per, svc.sent.count_all(now - limits.global_window_seconds)
 
 
 def _claim(message: Message, decision: Decision, svc: Services) -> dict:

@@ -6,6 +6,9 @@ thread (the store's I/O is blocking) under one lock, so there is a single writer
 SIGTERM/SIGINT: stop taking new mail, let the message in hand finish, exit. A second one exits at
 once — still safe, because a message leaves its source only after it is durable.
 SIGHUP: reload the config and templates; a broken edit is refused and the old config keeps running.
+
+Beside the pollers runs one sender task (:mod:`helpdeskd.sender`): it drains the outbox over SMTP when
+``[smtp]`` is configured, on its interval, when a retry falls due, and at once when a poll queued mail.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from .errors import ConfigError
 from .intake import poll_maildir, prepare
 from .logs import get
 from .runtime import Runtime, load
+from .sender import Sender
 from .settings import Mailbox
 from .store.lock import DAEMON, StateLock
+from .store.outbox import Outbox
 
 log = get("daemon")
 
@@ -36,6 +41,8 @@ class Daemon:
         self._filing = asyncio.Lock()
         self._pollers: dict[str, tuple[Mailbox, asyncio.Task]] = {}
         self._reload_wanted = False
+        self._send_wake = asyncio.Event()  # set when a poll may have queued mail
+        self._sender: asyncio.Task | None = None
 
     # -- signals: set flags, nothing else -------------------------------------------------------
     def _on_stop(self, signame: str) -> None:
@@ -59,6 +66,7 @@ class Daemon:
         for mailbox in self.runtime.config.mailboxes:
             prepare(mailbox)  # so mail can be dropped in as soon as "started" is logged
         self._sync_pollers()
+        self._sender = asyncio.create_task(self._send_loop(), name="sender")
         log.info("started", config=str(self.path), mailboxes=sorted(self._pollers), pid=os.getpid())
         while not self.stopping:
             await self._wake.wait()
@@ -80,6 +88,7 @@ class Daemon:
             self.runtime = runtime
             self.svc = Services.open(runtime.config, runtime.templates)
             self._sync_pollers()
+        self._send_wake.set()  # the [smtp] section may have changed
         log.info("reloaded", config=str(self.path), mailboxes=sorted(self._pollers))
 
     def _sync_pollers(self) -> None:
@@ -106,14 +115,44 @@ class Daemon:
                 result = await asyncio.to_thread(poll_maildir, mailbox, svc, lambda: self.stopping)
             if result.counts:
                 log.info("poll_done", mailbox=mailbox.name, **result.counts)
+                self._send_wake.set()
             await asyncio.sleep(mailbox.interval_seconds)
 
+    async def _send_loop(self) -> None:
+        """Supervised: a pass that fails unexpectedly is logged and retried later, never ends the task."""
+        while not self.stopping:
+            wait = await self._send_pass()
+            try:
+                await asyncio.wait_for(self._send_wake.wait(), wait)
+            except TimeoutError:
+                pass
+            self._send_wake.clear()
+
+    async def _send_pass(self) -> float | None:
+        """One sender pass in a worker thread; returns how long to sleep (None: until woken)."""
+        smtp = self.runtime.config.smtp
+        if smtp is None:
+            return None  # outbox only; a reload that adds [smtp] wakes us
+        sender = Sender(Outbox(self.runtime.config.helpdesk.state_dir), smtp)
+        try:
+            result = await asyncio.to_thread(sender.run_once, lambda: self.stopping)
+        except Exception:  # noqa: BLE001 - the task's supervisor: log it, keep the daemon sending
+            log.exception("sender_failed")
+            return smtp.retry_first_seconds
+        if result.sent or result.deferred or result.failed:
+            log.info("send_done", sent=result.sent, deferred=result.deferred, failed=result.failed)
+        return min(smtp.interval_seconds, result.next_due_in or smtp.interval_seconds)
+
     async def _drain(self) -> None:
-        """Wait for the message in hand (the filing lock), then cancel the sleeping pollers."""
+        """Wait for the message in hand (the filing lock), then cancel the sleeping pollers; the sender
+        finishes the message it is sending (bounded by the SMTP timeout) and stops."""
         async with self._filing:
             for _, task in self._pollers.values():
                 task.cancel()
         await asyncio.gather(*(t for _, t in self._pollers.values()), return_exceptions=True)
+        if self._sender is not None:
+            self._send_wake.set()
+            await asyncio.gather(self._sender, return_exceptions=True)
 
 
 def run_daemon(path: Path, runtime: Runtime) -> int:

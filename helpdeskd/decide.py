@@ -7,20 +7,26 @@ Reply security lives in :func:`match_ticket`: a reply joins a ticket only when i
 issued for it (our signed Message-ID in In-Reply-To/References, or our signed reply address), or when
 its sender is the ticket's requester, a collaborator, or staff of its queue AND it names the ticket
 (subject tag, token, or threading headers). Anything else starts a new ticket and learns nothing.
+
+Loop safety: whether to answer at all is RFC 3834 (:mod:`helpdeskd.loops`) and then the rate limits,
+whose counts the cycle gathers into the View (``sent_to``, ``sent_in_all``) so this stays pure and a
+suppression is part of the recorded decision (a note on the ticket), made once per message.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .actions import (
     ESCALATION, PARTICIPANTS, SENDER, STAFF, Change, Decision, FollowUp, Ignore, NewTicket, Refuse, Send,
 )
 from .commands import CC_VERBS, CUSTOMER_COMMANDS, ME_WORDS, STATUS_WORDS, Command, Commands, fold, read_commands
 from .lang import choose_language
-from .loops import no_autoreply_reason
-from .matching import is_our_message_id, our_references, plus_references, tagged_ids, verify
+from .loops import is_delivery_report, no_autoreply_reason, rate_limit_reason
+from .matching import (
+    is_our_message_id, our_references, plus_references, reported_references, tagged_ids, verify,
+)
 from .message import Message
 from .quotes import new_text
 from .settings import LANGUAGES, Config, Mailbox
@@ -37,6 +43,8 @@ class View:
     thread_hints: tuple[int, ...] = ()  # tickets holding a foreign Message-ID this mail replies to
     duplicate_of: int | None = None  # ticket already holding this message's own Message-ID
     mailbox: Mailbox | None = None  # the intake it came through (per-mailbox defaults)
+    sent_to: Mapping[str, int] = field(default_factory=dict)  # automatic messages per address, in its window
+    sent_in_all: int = 0  # automatic messages to anyone within the global window
 
 
 def wanted_ticket_ids(message: Message, config: Config) -> list[int]:
@@ -44,10 +52,22 @@ def wanted_ticket_ids(message: Message, config: Config) -> list[int]:
     hd = config.helpdesk
     refs = [*our_references(message, hd.message_id_domain), *plus_references(message, hd.address)]
     ids = [ref.ticket_id for ref in refs] + tagged_ids(message.subject, hd.subject_tag)
+    if is_delivery_report(message):
+        ids += [ref.ticket_id for ref in reported_references(message, hd.message_id_domain)]
     return list(dict.fromkeys(ids))
 
 
+def recipients_of_interest(message: Message, tickets: Mapping[int, Ticket]) -> list[str]:
+    """Addresses an automatic answer to this message could go to: its sender (the rate limits' keys)."""
+    return [message.sender.addr] if message.sender else []
+
+
 def decide(message: Message, view: View, config: Config) -> Decision:
+    """The Decision for ``message``; automatic answers beyond the rate limits become notes."""
+    return _within_limits(_decide(message, view, config), message, view, config)
+
+
+def _decide(message: Message, view: View, config: Config) -> Decision:
     hd = config.helpdesk
     lang = choose_language(message, LANGUAGES, hd.default_language, hd.detect_language)
     if is_our_message_id(message.message_id, hd.message_id_domain):
@@ -55,6 +75,10 @@ def decide(message: Message, view: View, config: Config) -> Decision:
     if view.duplicate_of is not None:
         return Decision(Ignore(f"duplicate of a message already on ticket #{view.duplicate_of}"), language=lang)
     quiet = no_autoreply_reason(message, hd.address, hd.message_id_domain)
+    bounced = _bounced_ticket(message, view, config)
+    if bounced is not None:
+        note = f"delivery report about our mail on this ticket; no automatic answer: {quiet or 'report'}"
+        return Decision(FollowUp(bounced.id, "report", internal=True), (), lang, (note,))
     if not hd.enabled:
         return _refuse(Refuse("the helpdesk is disabled", "disabled"), lang, quiet)
     ticket, role = match_ticket(message, view, config)
@@ -63,6 +87,31 @@ def decide(message: Message, view: View, config: Config) -> Decision:
     if not hd.allow_customer_tickets:
         return _refuse(Refuse("customers may not open tickets by mail", "customers_not_allowed"), lang, quiet)
     return _new_ticket(message, view, config, lang, quiet)
+
+
+def _bounced_ticket(message: Message, view: View, config: Config) -> Ticket | None:
+    """The ticket whose mail (one of our signed Message-IDs) this delivery report is about, if any."""
+    if not is_delivery_report(message):
+        return None
+    for ref in reported_references(message, config.helpdesk.message_id_domain):
+        ticket = view.tickets.get(ref.ticket_id)
+        if ticket is not None and verify(ticket.token, ticket.id, ref.signature or ""):
+            return ticket
+    return None
+
+
+def _within_limits(decision: Decision, message: Message, view: View, config: Config) -> Decision:
+    """Drop automatic answers to the sender that the rate limits forbid, and say why in a note.
+
+    Only answers to the sender count: staff notices go to our own people, relays are human mail.
+    """
+    answers = [s for s in decision.sends if s.to == SENDER and s.kind == "auto-reply"]
+    sender = message.sender.addr if message.sender else ""
+    reason = answers and rate_limit_reason(view.sent_to.get(sender, 0), view.sent_in_all, config.autoreply)
+    if not reason:
+        return decision
+    kept = tuple(s for s in decision.sends if s not in answers)
+    return replace(decision, sends=kept, notes=(*decision.notes, f"no automatic answer: {reason}"))
 
 
 # -- matching ---------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ Mail that fails these checks is still filed or recorded; it only gets no automat
 from __future__ import annotations
 
 from .message import Message
+from .settings import AutoReply
 
 LOOP_HEADER = "x-helpdeskd-loop"  # we put it on everything we send, valued with our address
 
@@ -73,3 +74,40 @@ def _ours(message: Message, our_address: str, our_domain: str) -> str | None:
     if message.message_id.lower().endswith("@" + our_domain.lower()):
         return "our own mail came back (Message-ID)"
     return None
+
+
+# -- bounces and rate limits -------------------------------------------------------------------------
+
+def is_delivery_report(message: Message) -> bool:
+    """A bounce, delay or read report (RFC 3464 / 8098), or a robot notice that behaves like one.
+
+    Such mail is about a message we sent, not a new request: it may be noted on that message's
+    ticket, never answered and never made a ticket of its own when we can tell which ticket it is.
+    """
+    if _report(message) == "delivery or read report":
+        return True
+    local = message.sender.addr.split("@", 1)[0] if message.sender else ""
+    return local in ("mailer-daemon", "postmaster")  # plain-text bounces of older MTAs
+
+
+def rate_limit_reason(sent_to_recipient: int, sent_in_all: int, limits: AutoReply) -> str | None:
+    """Why one more automatic message must not be sent now, or None while both limits allow it.
+
+    ``sent_to_recipient`` / ``sent_in_all`` count what was queued within the configured windows.
+    What is suppressed is only ever noted (on the ticket, in the log): a notice saying "you are
+    rate-limited" would itself be an automatic message, the very thing a loop is made of.
+    """
+    if sent_in_all >= limits.global_max:
+        return (f"circuit breaker open: {sent_in_all} automatic messages in the last "
+                f"{_span(limits.global_window_seconds)} (limit {limits.global_max})")
+    if sent_to_recipient >= limits.per_recipient:
+        return (f"rate limit: {sent_to_recipient} automatic messages to this address in the last "
+                f"{_span(limits.per_recipient_window_seconds)} (limit {limits.per_recipient})")
+    return None
+
+
+def _span(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"

@@ -94,7 +94,14 @@ def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occ
 
 
 def before_enqueue(svc: Services, addr: str, out_id: str, kind: str) -> None:
-    """Hook for the rate limits' bookkeeping (see the SMTP issue); nothing to do by default."""
+    """Count an automatic answer for the rate limits, before it is queued (a crash then over-counts
+    by one, never under-counts; doing the work again does not count it twice). Staff notices and
+    relayed answers go to our own people or are human mail: they are not rate-limited."""
+    if kind != "auto-reply":
+        return
+    limits = svc.config.autoreply
+    horizon = max(limits.per_recipient_window_seconds, limits.global_window_seconds)
+    svc.sent.record(addr, out_id, svc.clock().timestamp(), horizon)
 
 
 def _compose(svc: Services, rendered: Rendered, ticket: Ticket, send: Send, person: Recipient, mid: str,

@@ -105,3 +105,22 @@ def plus_references(message: Message, base: str) -> list[Reference]:
             if ref not in found:
                 found.append(ref)
     return found
+
+
+_OURS_IN_TEXT = re.compile(r"hd\.\d{1,12}\.[0-9a-f]{16}\.[0-9a-z]+@[A-Za-z0-9.-]+", re.IGNORECASE)
+_TEXT_SCAN_LIMIT = 200_000  # characters of a bounce's text searched for our Message-IDs
+
+
+def reported_references(message: Message, domain: str) -> list[Reference]:
+    """Our Message-IDs a bounce report refers to: its embedded mail or headers, its threading
+    headers, and — for plain-text bounces that quote the returned headers — its text."""
+    candidates = [*message.embedded_ids, *message.in_reply_to, *message.references]
+    candidates += _OURS_IN_TEXT.findall(message.text[:_TEXT_SCAN_LIMIT])
+    found: list[Reference] = []
+    for mid in candidates:
+        match = _OURS.match(mid.strip().rstrip(".,;>").lower())
+        if match and match.group(3) == domain.lower():
+            ref = Reference(int(match.group(1)), match.group(2))
+            if ref not in found:
+                found.append(ref)
+    return found

@@ -54,6 +54,7 @@ class Message:
     headers: tuple[tuple[str, str], ...] = ()
     defects: tuple[str, ...] = ()
     size: int = 0
+    embedded_ids: tuple[str, ...] = ()  # Message-IDs of mail embedded in this one (forwards, bounce reports)
 
     def header(self, name: str) -> str | None:
         """First value of header ``name`` (case-insensitive), or None."""

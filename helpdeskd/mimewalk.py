@@ -18,10 +18,14 @@ import re
 from dataclasses import dataclass
 from email import errors as email_errors
 from email.message import Message as MimePart  # compat32 tree node, not the modern EmailMessage
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 
 from helpdeskd.charsets import decode_bytes
 from helpdeskd.htmltext import html_to_text
-from helpdeskd.mailheaders import collapse, decode_words, from_8bit, raw_header, repair_8bit_params, sanitise
+from helpdeskd.mailheaders import (
+    collapse, decode_words, first_message_id, from_8bit, raw_header, repair_8bit_params, sanitise,
+)
 from helpdeskd.message import Attachment
 from helpdeskd.parsestate import ParseState
 
@@ -171,6 +175,26 @@ def _add_attachment(part: MimePart, ctype: str, state: ParseState) -> None:
     digest = hashlib.sha256(data).hexdigest()[:10]
     storage = f"att-{number}-{digest}{_extension(filename, ctype)}"
     state.attachments.append(Attachment(filename=filename, content_type=ctype, size=len(data), storage_name=storage))
+    if ctype in _EMBEDDED_TYPES:
+        _note_embedded_id(part, data, state)
+
+
+# A bounce report carries the returned mail (message/rfc822) or just its headers (text/rfc822-headers):
+# their Message-ID tells which of our messages bounced (RFC 3464, RFC 6532 for the "global" variants).
+_EMBEDDED_TYPES = ("message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers")
+
+
+def _note_embedded_id(part: MimePart, data: bytes, state: ParseState) -> None:
+    payload = part.get_payload()
+    inner = payload[0] if isinstance(payload, list) and payload and isinstance(payload[0], MimePart) else None
+    if inner is None:
+        try:
+            inner = BytesHeaderParser(policy=compat32).parsebytes(data)
+        except (LookupError, UnicodeError, ValueError, TypeError):
+            return
+    message_id = first_message_id(raw_header(inner, "message-id", state))
+    if message_id:
+        state.embedded_ids.append(message_id)
 
 
 def _attachment_bytes(part: MimePart) -> bytes:

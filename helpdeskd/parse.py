@@ -162,6 +162,7 @@ def _build(raw: bytes, root: MimePart, state: ParseState, *, text: str, html: bo
         headers=headers,
         defects=tuple(state.defects),  # dict keys keep insertion order
         size=len(raw),
+        embedded_ids=tuple(dict.fromkeys(state.embedded_ids)),
     )
 
 

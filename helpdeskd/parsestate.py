@@ -28,6 +28,7 @@ class ParseState:
     limits: Limits
     defects: dict[str, None] = field(default_factory=dict)  # ordered set: dedup in O(1)
     attachments: list[Attachment] = field(default_factory=list)
+    embedded_ids: list[str] = field(default_factory=list)  # Message-IDs of embedded mail (bounces, forwards)
     parts: int = 0
 
     def defect(self, text: str) -> None:

@@ -12,6 +12,7 @@ from .store.fsutil import Syncer
 from .store.holding import Holding
 from .store.lock import WRITE, StateLock
 from .store.outbox import Outbox
+from .store.sentlog import SentLog
 from .store.tickets import TicketStore
 from .templates import Templates
 
@@ -25,6 +26,11 @@ class Services:
     refused: Holding
     templates: Templates
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    sent: SentLog | None = None  # automatic messages queued recently (rate limits); made from state_dir
+
+    def __post_init__(self) -> None:
+        if self.sent is None:
+            self.sent = SentLog(self.config.helpdesk.state_dir, self.store.sync)
 
     @classmethod
     def open(cls, config: Config, templates: Templates) -> "Services":

@@ -90,6 +90,8 @@ class Config:
     log_level: str = "info"
     source_path: Path | None = None
     limits: "Limits" = field(default_factory=lambda: Limits())
+    smtp: "Smtp | None" = None  # None: outgoing mail stays in the outbox (no SMTP configured)
+    autoreply: "AutoReply" = field(default_factory=lambda: AutoReply())
 
     def staff_of(self, queue_key: str) -> tuple[str, ...]:
         found = self.queue(queue_key)
@@ -122,3 +124,42 @@ class Limits:
     max_parts: int = 200
     max_depth: int = 20
     max_header_bytes: int = 64 * 1024
+
+
+SMTP_SECURITY = ("starttls", "tls", "none")
+
+
+@dataclass(frozen=True)
+class Smtp:
+    """How outgoing mail reaches the next hop. Absent from the config: mail stays in the outbox.
+
+    The password is never a value here: only where to read it (a file, an environment variable or a
+    systemd credential name), resolved by :mod:`helpdeskd.smtp` when it connects.
+    """
+
+    host: str
+    port: int
+    security: str = "starttls"  # starttls | tls | none (none only with allow_plaintext)
+    allow_plaintext: bool = False
+    ca_file: Path | None = None  # extra CA bundle; the system's trust store otherwise
+    user: str | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    password_credential: str | None = None  # name of a file in $CREDENTIALS_DIRECTORY
+    timeout_seconds: float = 30.0  # every network operation
+    envelope_sender: str = ""  # MAIL FROM of automatic answers; "" is the null sender (RFC 3834)
+    helo_name: str | None = None  # EHLO name; the local host name otherwise
+    retry_first_seconds: float = 60.0  # first delay after a temporary failure; doubles each time
+    retry_max_seconds: float = 3600.0  # delays grow up to this
+    give_up_seconds: float = 5 * 86400.0  # a message queued longer than this goes to failed/
+    interval_seconds: float = 30.0  # the sender looks at the queue at least this often
+
+
+@dataclass(frozen=True)
+class AutoReply:
+    """Rate limits on automatic answers: per recipient, and a global circuit breaker."""
+
+    per_recipient: int = 5  # at most this many automatic messages to one address ...
+    per_recipient_window_seconds: float = 3600.0  # ... within this window
+    global_max: int = 300  # at most this many automatic messages in all ...
+    global_window_seconds: float = 3600.0  # ... within this window (then the breaker is open)

@@ -4,16 +4,22 @@
 ``outbox/failed/<id>.msg`` gave up (with ``<id>.reason``). A file's first line is the JSON
 envelope (sender, recipients, ticket, template); the rest is the message exactly as it will be sent.
 Ids are derived from what caused the mail, so queueing the same mail twice is a no-op.
+
+A message that met a temporary failure keeps ``outbox/new/<id>.retry`` beside it (JSON: attempts,
+last error, when to try next), replaced atomically at each attempt, so a restart resumes the schedule.
+A message file is never rewritten: its mtime is the time it was queued (or requeued).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fsutil import IMMEDIATE, Syncer, create_exclusive, ensure_dir
+from .fsutil import IMMEDIATE, Syncer, atomic_write, create_exclusive, ensure_dir, fsync_dir
 
 STATES = ("new", "cur", "failed")
 
@@ -60,5 +66,56 @@ class Outbox:
             for path in sorted((self.root / state).glob("*.msg"), key=lambda p: p.stat().st_mtime):
                 yield self.read(path, state)
 
+    # -- delivery bookkeeping (the sender is the only one moving files out of new/) -----------------
+    def path(self, msg_id: str, state: str) -> Path:
+        return self.root / state / f"{msg_id}.msg"
+
+    def retry_state(self, msg_id: str) -> dict:
+        """The recorded schedule of a queued message: ``{}`` before its first failure."""
+        try:
+            return json.loads((self.root / "new" / f"{msg_id}.retry").read_bytes())
+        except (FileNotFoundError, ValueError):
+            return {}  # ValueError: a hand-edited file; trying again now is the safe reading
+
+    def record_retry(self, msg_id: str, state: dict) -> None:
+        atomic_write(self.root / "new" / f"{msg_id}.retry", json.dumps(state, sort_keys=True).encode())
+
+    def queued_at(self, msg_id: str) -> float:
+        """When the message was queued (or requeued), as a Unix time."""
+        return self.path(msg_id, "new").stat().st_mtime
+
+    def mark_sent(self, msg_id: str) -> None:
+        """new/ → cur/, durably; then forget the retry schedule."""
+        self._move(msg_id, "new", "cur")
+        _unlink(self.root / "new" / f"{msg_id}.retry")
+
+    def mark_failed(self, msg_id: str, reason: str) -> None:
+        """new/ → failed/ with ``<id>.reason``; the reason is durable before the message moves."""
+        atomic_write(self.root / "failed" / f"{msg_id}.reason", reason.encode() + b"\n")
+        self._move(msg_id, "new", "failed")
+        _unlink(self.root / "new" / f"{msg_id}.retry")
+
+    def requeue(self, msg_id: str) -> bool:
+        """failed/ → new/ with a fresh queue time and no schedule. False when it is not in failed/."""
+        source = self.path(msg_id, "failed")
+        if not source.exists():
+            return False
+        os.utime(source, (time.time(), time.time()))  # a fresh age, or it would give up at once
+        self._move(msg_id, "failed", "new")
+        _unlink(self.root / "failed" / f"{msg_id}.reason")
+        return True
+
+    def _move(self, msg_id: str, src: str, dst: str) -> None:
+        os.replace(self.path(msg_id, src), self.path(msg_id, dst))
+        fsync_dir(self.root / dst)
+        fsync_dir(self.root / src)
+
     def depth(self) -> dict[str, int]:
         return {state: sum(1 for _ in (self.root / state).glob("*.msg")) for state in STATES}
+
+
+def _unlink(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,82 @@
+"""The memory behind the rate limits: which automatic messages we queued, to whom, and when.
+
+Layout under the state directory::
+
+    autoreplies/all                       one line per automatic message: "<unix time> <outbox id>"
+    autoreplies/to/<h[:2]>/<sha1(addr)>   the same lines, per recipient address
+
+Lines are appended durably; a file is rewritten without its lines older than the longest window once
+it grows past a small size, so the files stay small however long the daemon runs. Recording is keyed by
+the outbox id, so filing the same message again never counts its answer twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from .fsutil import IMMEDIATE, Syncer, append_line, atomic_write, ensure_dir
+
+_PRUNE_BYTES = 64 * 1024  # rewrite a file past this size, keeping only lines inside the horizon
+
+
+class SentLog:
+    def __init__(self, state_dir: Path, sync: Syncer = IMMEDIATE) -> None:
+        self.root = ensure_dir(state_dir / "autoreplies")
+        self.sync = sync
+
+    def _recipient_file(self, addr: str) -> Path:
+        digest = hashlib.sha1(addr.strip().lower().encode("utf-8", "replace")).hexdigest()
+        return self.root / "to" / digest[:2] / digest
+
+    def count(self, addr: str, since: float) -> int:
+        """Automatic messages queued to ``addr`` at or after ``since`` (a Unix time)."""
+        return _count(self._recipient_file(addr), since)
+
+    def count_all(self, since: float) -> int:
+        """Automatic messages queued to anyone at or after ``since``."""
+        return _count(self.root / "all", since)
+
+    def record(self, addr: str, out_id: str, at: float, horizon: float) -> None:
+        """Note one automatic message; a second call with the same ``out_id`` changes nothing.
+
+        ``horizon`` (seconds) is how far back counts will ever look: older lines may be pruned.
+        """
+        path = self._recipient_file(addr)
+        if any(entry_id == out_id for _, entry_id in _lines(path)):
+            return
+        ensure_dir(path.parent, sync=self.sync)
+        line = f"{at:.3f} {out_id}\n".encode()
+        for target in (path, self.root / "all"):
+            _prune(target, at - horizon, self.sync)
+            append_line(target, line, sync=self.sync)
+
+
+def _lines(path: Path) -> list[tuple[float, str]]:
+    """(time, outbox id) of every readable line; a torn last line (crash mid-append) is skipped."""
+    try:
+        raw = path.read_text(encoding="ascii", errors="replace")
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in raw.splitlines():
+        stamp, _, out_id = line.partition(" ")
+        try:
+            out.append((float(stamp), out_id))
+        except ValueError:
+            continue
+    return out
+
+
+def _count(path: Path, since: float) -> int:
+    return sum(1 for at, _ in _lines(path) if at >= since)
+
+
+def _prune(path: Path, keep_after: float, sync: Syncer) -> None:
+    try:
+        if path.stat().st_size < _PRUNE_BYTES:
+            return
+    except FileNotFoundError:
+        return
+    kept = "".join(f"{at:.3f} {out_id}\n" for at, out_id in _lines(path) if at >= keep_after)
+    atomic_write(path, kept.encode(), sync=sync)
