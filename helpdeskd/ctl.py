@@ -1,4 +1,7 @@
-"""``helpdeskctl``: looking at tickets, the outbox and the quarantine; requeueing failed outgoing mail."""
+"""``helpdeskctl``: looking at tickets, the outbox and the quarantine; requeueing failed outgoing mail.
+
+The commands that change tickets (reply, note, close, reopen, assign, set) live in :mod:`helpdeskd.ctlwrite`.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from .store.lock import WRITE, StateLock
 from .store.outbox import STATES, Outbox
 from .store.tickets import TicketStore, ticket_to_dict
 from .ticket import Ticket
+from .ctlwrite import add_parsers as add_write_parsers
 from .runtime import config_path
 
 
@@ -105,27 +109,41 @@ def cmd_show(args: argparse.Namespace, config: Config) -> int:
 def _show_event(event: dict, outbox: Outbox) -> None:
     kind, at = event.get("type"), event.get("at", "")
     if kind == "message":
-        print(f"── {at} message from {event.get('from_name') or ''} <{event.get('from')}>")
-        print(f"   Subject: {event.get('subject')}")
-        for att in event.get("attachments", []):
-            print(f"   Attachment: {att.get('filename') or '(unnamed)'} ({att.get('content_type')}, {att.get('size')} bytes)")
-        print(_indent(event.get("text", "")))
+        _show_message(event, at)
     elif kind == "reply_queued":
-        state = outbox.state_of(event.get("ref", ""))
-        print(f"── {at} {event.get('template')} ({event.get('language')}) to {event.get('to')} [outbox: {state or 'gone'}]")
-        if state:
-            entry = outbox.read(outbox.root / state / f"{event['ref']}.msg", state)
-            sent = parse(entry.data)
-            print(f"   Subject: {sent.subject}")
-            print(_indent(sent.text))
+        _show_sent(event, at, outbox)
     elif kind == "created":
         print(f"── {at} ticket created (queue {event.get('queue')}, priority {event.get('priority')}, "
               f"category {event.get('category')})")
-    elif kind == "status":
-        print(f"── {at} status {event.get('from')} → {event.get('to')} by {event.get('by')}")
+    elif kind in ("change", "status"):
+        print(f"── {at} {event.get('field', 'status')}: {event.get('from') or '-'} → {event.get('to') or '-'}"
+              f" by {event.get('by') or 'helpdeskd'}")
     else:
         details = {k: v for k, v in event.items() if k not in ("at", "type", "ref")}
         print(f"── {at} {kind}: {details.get('text') or json.dumps(details, ensure_ascii=False)}")
+
+
+def _show_message(event: dict, at: str) -> None:
+    who = f"{event.get('from_name') or ''} <{event.get('from')}>".strip()
+    role = event.get("role", "requester")
+    label = "INTERNAL NOTE" if event.get("internal") else ("answer" if event.get("direction") == "out" else "message")
+    print(f"── {at} {label} from {who} ({role})")
+    print(f"   Subject: {event.get('subject')}")
+    for att in event.get("attachments", []):
+        print(f"   Attachment: {att.get('filename') or '(unnamed)'} ({att.get('content_type')}, {att.get('size')} bytes)")
+    for error in event.get("errors", []):
+        print(f"   Rejected command: {error}")
+    print(_indent(event.get("new_text") or event.get("text", "")))
+
+
+def _show_sent(event: dict, at: str, outbox: Outbox) -> None:
+    state = outbox.state_of(event.get("ref", ""))
+    print(f"── {at} {event.get('template')} ({event.get('language')}, {event.get('kind', 'auto-reply')}) "
+          f"to {event.get('to')} [outbox: {state or 'gone'}]")
+    if state:
+        sent = parse(outbox.read(outbox.root / state / f"{event['ref']}.msg", state).data)
+        print(f"   Subject: {sent.subject}")
+        print(_indent(sent.text))
 
 
 def _indent(text: str) -> str:
@@ -225,6 +243,7 @@ def _parser() -> argparse.ArgumentParser:
     ref = sub.add_parser("refused", help="mail refused by policy (helpdesk disabled, ...), kept with the reason")
     ref.add_argument("--json", action="store_true")
     ref.set_defaults(func=cmd_quarantine, folder="refused")
+    add_write_parsers(sub)
     return parser
 
 

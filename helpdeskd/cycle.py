@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 from .actions import Change, Decision, FollowUp, Ignore, NewTicket, Refuse, Send
 from .commands import read_commands
-from .decide import View, decide, recipients_of_interest, wanted_ticket_ids
+from .decide import View, decide, recipients_of_interest, strip_imitations, wanted_ticket_ids
 from .errors import TransientError
 from .mailout import Occasion, queue_refusal, queue_sends
 from .message import Inbound, Message
@@ -70,7 +70,7 @@ def quarantine(inbound: Inbound, svc: Services, reason: str) -> Outcome:
 
 def file_message(inbound: Inbound, svc: Services, mailbox: Mailbox | None = None) -> Outcome:
     """Parse, decide (once) and apply. Idempotent for the same bytes."""
-    message = parse(inbound.raw, svc.config.limits)
+    message = strip_imitations(parse(inbound.raw, svc.config.limits))
     claim = svc.store.read_claim(message.key)
     if claim is not None:
         return _apply(message, inbound, claim, svc, again=True)

@@ -23,7 +23,7 @@ from .actions import (
 )
 from .commands import CC_VERBS, CUSTOMER_COMMANDS, ME_WORDS, STATUS_WORDS, Command, Commands, fold, read_commands
 from .lang import choose_language
-from .loops import is_delivery_report, no_autoreply_reason, rate_limit_reason
+from .loops import LOOP_HEADER, is_delivery_report, no_autoreply_reason, rate_limit_reason
 from .matching import (
     is_our_message_id, our_references, plus_references, reported_references, tagged_ids, verify,
 )
@@ -65,6 +65,22 @@ def recipients_of_interest(message: Message, tickets: Mapping[int, Ticket]) -> l
 def decide(message: Message, view: View, config: Config) -> Decision:
     """The Decision for ``message``; automatic answers beyond the rate limits become notes."""
     return _within_limits(_decide(message, view, config), message, view, config)
+
+
+INTERNAL_PREFIX = "x-helpdeskd-"  # our headers; the loop header is the one we read back (loops.py)
+
+
+def strip_imitations(message: Message) -> Message:
+    """The message without inbound headers that imitate our internal ones (kept as a defect).
+
+    The cycle applies it to every message before anything else looks at it: nothing trusts such
+    headers, and dropping them first keeps it that way as the code grows.
+    """
+    ours = [name for name, _ in message.headers if name.startswith(INTERNAL_PREFIX) and name != LOOP_HEADER]
+    if not ours:
+        return message
+    kept = tuple((n, v) for n, v in message.headers if n not in ours)
+    return replace(message, headers=kept, defects=(*message.defects, f"internal headers removed: {', '.join(ours)}"))
 
 
 def _decide(message: Message, view: View, config: Config) -> Decision:
@@ -251,10 +267,14 @@ def _cc(cmd: Command, changes: list[Change], errors: list[str], message: Message
 
 
 def _staff(ticket: Ticket, commands: Commands, lang: str, config: Config) -> Decision:
-    changes, errors = [], [f"{line}: unknown command" for line in commands.unknown]
+    changes: list[Change] = []
+    errors = [f"{line}: unknown command" for line in commands.unknown]
     for cmd in commands.commands:
-        change = _staff_change(cmd, ticket, config)
-        (errors.append(change) if isinstance(change, str) else changes.append(change)) if change else None
+        change = staff_change(cmd, config)
+        if isinstance(change, str):
+            errors.append(change)
+        elif change is not None:
+            changes.append(change)
     if errors:
         action = FollowUp(ticket.id, "staff", internal=True, errors=tuple(errors))
         return Decision(action, (Send("command_error", SENDER),), lang)
@@ -269,8 +289,9 @@ def _staff(ticket: Ticket, commands: Commands, lang: str, config: Config) -> Dec
     return Decision(action, tuple(sends), lang)
 
 
-def _staff_change(cmd: Command, ticket: Ticket, config: Config) -> Change | str | None:
-    """A command turned into a validated change, an error text, or None (a note: nothing to change)."""
+def staff_change(cmd: Command, config: Config) -> Change | str | None:
+    """A staff command turned into a validated change, an error text, or None (a note: nothing to
+    change). Shared by mail commands and ``helpdeskctl``."""
     value = fold(cmd.value.strip())
     if cmd.name == "note":
         return None

@@ -112,7 +112,8 @@ def _compose(svc: Services, rendered: Rendered, ticket: Ticket, send: Send, pers
     else:  # people who never saw the incoming mail: thread under the ticket's first message
         first = ticket.message_ids[:1]
         in_reply_to, refs = (first[0] if first else ""), first
-    from_name = f"{occasion.sender_name or occasion.sender} ({hd.name})" if send.kind == "relay" else hd.name
+    who = occasion.sender_name or occasion.sender
+    from_name = f"{who} ({hd.name})" if send.kind == "relay" and who else hd.name
     return compose(
         rendered, from_name=from_name, from_addr=hd.address, to_name=person.name, to_addr=person.addr,
         message_id=mid, in_reply_to=in_reply_to, references=tuple(r for r in refs if r),

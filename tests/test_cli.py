@@ -141,3 +141,31 @@ def test_run_files_mail_as_it_arrives_and_stops_on_sigterm(tmp_path):
     filed = [entry for entry in logs if entry.get("event") == "message"]
     assert filed and filed[0]["action"] == "new" and filed[0]["ticket"] == 1 and filed[0]["source"] == "local"
     assert {"message_id", "duration_ms", "component"} <= filed[0].keys()
+
+
+def test_staff_work_from_the_command_line(tmp_path):
+    path = write_config(tmp_path)
+    assert helpdeskd("deliver", "-c", str(path), stdin=mail()).returncode == 0
+    c = ("-c", str(path))
+    staff = ("--from", "agente@helpdesk.localhost", "--name", "María")
+    replied = helpdeskctl(*c, "reply", "1", *staff, "-m", "Hola Ana, reiniciado.")
+    assert replied.returncode == 0 and "status open" in replied.stdout and "1 mail(s) queued" in replied.stdout
+    assert helpdeskctl(*c, "note", "1", *staff, "-m", "cliente importante").returncode == 0
+    assert helpdeskctl(*c, "set", "1", "priority", "alta").returncode == 0
+    assert helpdeskctl(*c, "assign", "1", *staff).returncode == 0
+    bad = helpdeskctl(*c, "set", "1", "queue", "nope")
+    assert bad.returncode == 1 and "unknown queue" in bad.stderr
+    assert helpdeskctl(*c, "close", "1").returncode == 0
+    assert helpdeskctl(*c, "reopen", "1", "--quiet").returncode == 0
+    assert helpdeskctl(*c, "close", "99").returncode == 1
+    ticket = json.loads(helpdeskctl(*c, "show", "1", "--json").stdout)
+    t, events = ticket["ticket"], ticket["events"]
+    assert (t["status"], t["priority"], t["assignee"], t["queue"]) == ("reopened", "high", "agente@helpdesk.localhost",
+                                                                       "general")
+    sent = {(e["template"], e["to"]) for e in events if e["type"] == "reply_queued"}
+    assert ("staff_answer", "ana@cliente.es") in sent and ("closed", "ana@cliente.es") in sent
+    outbox = json.loads(helpdeskctl(*c, "outbox", "--json").stdout)
+    to_customer = [m for m in outbox if m["envelope"]["to"] == ["ana@cliente.es"]]
+    assert {m["envelope"]["template"] for m in to_customer} == {"ack_new", "staff_answer", "closed"}
+    shown = helpdeskctl(*c, "show", "1").stdout
+    assert "INTERNAL NOTE" in shown and "cliente importante" in shown

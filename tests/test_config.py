@@ -104,6 +104,11 @@ RULES: list[tuple[dict[str, Any], str]] = [
      'queues[0].escalation[0]: "Support@Example.com" is the helpdesk\'s own address; mail to it would loop'),
     ({"helpdesk.message_id_domain": "bad domain"},
      'helpdesk.message_id_domain: "bad domain" is not a valid domain name'),
+    # conversations
+    ({"helpdesk.closed_reply": "maybe"},
+     'helpdesk.closed_reply: "maybe" is not a closed-ticket policy (known: reopen, new, refuse)'),
+    ({"helpdesk.notify_staff": "yes"}, 'helpdesk.notify_staff: expected true or false, got string "yes"'),
+    ({"helpdesk.plus_addressing": 1}, "helpdesk.plus_addressing: expected true or false, got integer 1"),
     # subject tag
     ({"helpdesk.subject_tag": "[Soporte]"}, "helpdesk.subject_tag: must contain {id} exactly once"),
     ({"helpdesk.subject_tag": "[{id} {id}]"}, "helpdesk.subject_tag: must contain {id} exactly once"),
