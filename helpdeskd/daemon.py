@@ -19,6 +19,7 @@ from .cycle import Services
 from .errors import ConfigError
 from .intake import poll_maildir
 from .logs import get
+from .pollers import pop3_poller
 from .runtime import Runtime, load
 from .settings import Mailbox
 from .store.lock import DAEMON, StateLock
@@ -96,6 +97,8 @@ class Daemon:
                 self._pollers[name] = (mailbox, asyncio.create_task(self._poll_loop(mailbox), name=name))
 
     async def _poll_loop(self, mailbox: Mailbox) -> None:
+        if mailbox.pop3 is not None:  # network I/O in its own thread, outside the filing lock
+            return await pop3_poller(mailbox, lambda: self.svc, self._filing, lambda: self.stopping)
         while not self.stopping:
             async with self._filing:
                 if self.stopping:

@@ -171,8 +171,9 @@ RULES: list[tuple[dict[str, Any], str]] = [
     ({"mailboxes[0].interval": "5 minutes"}, f"mailboxes[0].interval: {INTERVAL}"),
     ({"mailboxes[0].interval": float("nan")}, f"mailboxes[0].interval: {INTERVAL}"),
     # mailboxes
-    ({"mailboxes[0].protocol": "pop3"},
-     'mailboxes[0].protocol: "pop3" is not supported in this version (supported: maildir)'),
+    ({"mailboxes[0].protocol": "imap"},
+     'mailboxes[0].protocol: "imap" is not supported in this version (supported: maildir, pop3, pop3s)'),
+    ({"mailboxes[0].protocol": "pop3"}, "mailboxes[0].host: missing"),
     ({"mailboxes[0].protocol": DELETE}, "mailboxes[0].protocol: missing"),
     ({"mailboxes[0].path": DELETE}, "mailboxes[0].path: missing"),
     ({"mailboxes[0].name": DELETE}, "mailboxes[0].name: missing"),
@@ -225,7 +226,7 @@ def test_several_problems_reported_together() -> None:
         "helpdesk.colour: unknown key",
         "queues[2].name: missing",
         f"priorities[1].response_target: {DURATION}",
-        'mailboxes[0].protocol: "imap" is not supported in this version (supported: maildir)',
+        'mailboxes[0].protocol: "imap" is not supported in this version (supported: maildir, pop3, pop3s)',
     ]
 
 
