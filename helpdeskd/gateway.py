@@ -105,7 +105,8 @@ def _work(session: Pop3Session, mailbox: Mailbox, svc: Services, locked: Locked,
     listed, has_uidl = session.listing()
     ledger = Ledger(svc.config.helpdesk.state_dir, mailbox.name)
     if has_uidl:
-        ledger.prune(m.uid for m in listed if m.uid)
+        uids = [m.uid for m in listed if m.uid]
+        ledger.prune([*uids, *(f"kept:{uid}" for uid in uids)])
         listed = _forget_known(session, listed, ledger, cfg, result)
     limit = cfg.max_message_bytes or svc.config.limits.max_message_bytes
     small = [m for m in listed if m.size <= limit]
@@ -119,7 +120,11 @@ def _work(session: Pop3Session, mailbox: Mailbox, svc: Services, locked: Locked,
 
 def _forget_known(session: Pop3Session, listed: list[Listed], ledger: Ledger, cfg: Pop3,
                   result: Pop3Result) -> list[Listed]:
-    """Messages already filed are skipped (kept) or deleted without being downloaded again."""
+    """Messages already filed are skipped (kept) or deleted without being downloaded again.
+
+    ``kept:<uid>`` marks an oversized message handled but deliberately left on the server.
+    """
+    listed = [m for m in listed if f"kept:{m.uid}" not in ledger]
     known = [m for m in listed if m.uid in ledger]
     if known and not cfg.keep:
         ledger.save()  # the pruned list first, so the ledger never outgrows the mailbox
@@ -224,14 +229,15 @@ def _oversized(session: Pop3Session, item: Listed, limit: int, mailbox: Mailbox,
     if headers is None:
         log.warning("pop3_top_refused", mailbox=mailbox.name, uid=item.uid, size=item.size)
         return
-    upstream_id = item.uid or f"key:oversized:{hashlib.sha256(headers).hexdigest()[:32]}"
-    if upstream_id in ledger:
-        return
     deleting = cfg.delete_oversized and not cfg.keep
+    upstream_id = item.uid or f"key:oversized:{hashlib.sha256(headers).hexdigest()[:32]}"
+    if upstream_id in ledger:  # only without UIDL: handled in an earlier session
+        ledger.add([upstream_id])  # seen again, so it is not pruned
+        return
     note = _too_large_note(item.size, limit, deleting)
     handle = _oversized_ticket if cfg.oversized == "ticket" else _oversized_reply
     locked(lambda: handle(headers, note, upstream_id, mailbox, svc, result))
-    ledger.add([upstream_id])
+    ledger.add([upstream_id if deleting or not item.uid else f"kept:{upstream_id}"])
     ledger.save()
     if deleting:
         session.delete([item.number])

@@ -235,8 +235,16 @@ def connect(cfg: Pop3) -> Pop3Session:
     try:
         return _login(client, cfg, context, password)
     except BaseException:
-        client.close()
+        _close_quietly(client)
         raise
+
+
+def _close_quietly(client: _Client) -> None:
+    """Close after a failed login; a socket a failed TLS handshake already took over may be gone."""
+    try:
+        client.close()
+    except OSError:
+        pass
 
 
 def _login(client: _Client, cfg: Pop3, context: ssl.SSLContext | None, password: str) -> Pop3Session:
