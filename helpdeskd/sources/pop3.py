@@ -186,11 +186,18 @@ class Pop3Session:
             for chunk in _chunks(commands, PIPELINE_MAX if self.pipelining else 1):
                 self._client.send_all(chunk)
                 for _ in chunk:
-                    ok, _line = self._client.status()
-                    out.append(self._client.multiline(cap)[0] if ok else None)
+                    out.append(self._answer(cap))
         except (OSError, poplib.error_proto) as exc:
             raise _translate(exc, "RETR") from exc
         return out
+
+    def _answer(self, cap: int) -> bytes | None:
+        """One multi-line answer; None when refused or longer than ``cap`` (never a truncated message)."""
+        ok, _line = self._client.status()
+        if not ok:
+            return None
+        data, truncated = self._client.multiline(cap)
+        return None if truncated else data
 
     def delete(self, numbers: list[int]) -> None:
         """Mark messages deleted (committed only by :meth:`quit`)."""
