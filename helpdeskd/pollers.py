@@ -75,7 +75,7 @@ def _report(mailbox: Mailbox, svc: Services, result: Pop3Result, failures: int) 
 
 
 def write_status(state_dir: Path, name: str, result: Pop3Result, failures: int) -> None:
-    """``state/status/<mailbox>.json``: last poll, ok or failing with the cause (``helpdeskctl mailboxes``)."""
+    """``state/status/<mailbox>.json``: last poll, ok or failing with the cause (read it with cat or jq)."""
     status = {"mailbox": name, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "ok": result.error is None, "error": result.error, "failures": failures, "counts": result.counts}
     try:
