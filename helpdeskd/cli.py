@@ -10,6 +10,7 @@ from pathlib import Path
 from . import logs
 from .cycle import Services, file_safely
 from .errors import ConfigError, StoreLocked, TransientError
+from .gateway import poll_pop3_fully
 from .intake import log_outcome, poll_maildir
 from .message import Inbound
 from .runtime import Runtime, config_path, load
@@ -81,7 +82,7 @@ def cmd_once(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
         svc = Services.open(runtime.config, runtime.templates)
         failed = False
         for mailbox in runtime.config.mailboxes:
-            result = poll_maildir(mailbox, svc)
+            result = poll_maildir(mailbox, svc) if mailbox.pop3 is None else poll_pop3_fully(mailbox, svc)
             failed |= result.error is not None
             print(f"{mailbox.name}: " + (", ".join(f"{n} {k}" for k, n in sorted(result.counts.items())) or "no mail")
                   + (f" (error: {result.error})" if result.error else ""))

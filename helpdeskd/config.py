@@ -33,6 +33,7 @@ from helpdeskd.settings import (
     Limits,
     Localized,
     Mailbox,
+    Pop3,
     Priority,
     Queue,
     Smtp,
@@ -42,7 +43,10 @@ __all__ = ["KEY_PATTERN", "LOG_LEVELS", "PROTOCOLS", "build_config", "load_confi
 
 KEY_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,39}")  # queue/priority/category keys, mailbox names
 LOG_LEVELS = ("debug", "info", "warning", "error")
-PROTOCOLS = ("maildir",)  # pop3 and imap come later; until then they are refused, not ignored
+PROTOCOLS = ("maildir", "pop3", "pop3s")  # imap comes later; until then it is refused, not ignored
+POP3_PORTS = {"pop3": 110, "pop3s": 995}
+OVERSIZED = ("ticket", "reply")
+PASSWORD_SOURCES = ("password_file", "password_env", "password_credential")
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
@@ -436,7 +440,76 @@ def _mailbox(r: _Reader, declared: _Declared, base_dir: Path) -> Mailbox:
         queue=_reference(r, "queue", declared.queues, "queue", required=False),
         priority=_reference(r, "priority", declared.priorities, "priority", required=False),
         category=_reference(r, "category", declared.categories, "category", required=False),
+        pop3=_pop3(r, protocol, base_dir) if protocol in POP3_PORTS else None,
     )
+
+
+# --------------------------------------------------------------------------- [[mailboxes]] pop3 / pop3s
+
+
+def _pop3(r: _Reader, protocol: str, base_dir: Path) -> Pop3 | None:
+    """The server, credentials, TLS and session bounds of a POP3 mailbox (keys beside ``protocol``)."""
+    tls = _pop3_tls(r, protocol, base_dir)
+    values = {
+        "host": r.text("host"),
+        "port": _port(r, POP3_PORTS[protocol]),
+        "user": r.text("user"),
+        **_password_source(r, base_dir),
+        **tls,
+        "source_address": r.text("source_address", None),
+        "connect_timeout": _interval(r, "connect_timeout", 30.0),
+        "read_timeout": _interval(r, "read_timeout", 60.0),
+        **_pop3_session(r),
+    }
+    return None if any(v is None for k, v in values.items() if k in ("host", "port", "user")) else Pop3(**values)
+
+
+def _pop3_tls(r: _Reader, protocol: str, base_dir: Path) -> dict[str, Any]:
+    """``pop3s`` is implicit TLS; plain ``pop3`` must upgrade with STLS unless plaintext is allowed."""
+    allow_plaintext = r.get("allow_plaintext", BOOLEAN, False)
+    if allow_plaintext and protocol == "pop3s":
+        r.problem("allow_plaintext", 'only meaningful with protocol = "pop3"; pop3s is always TLS')
+    return {"implicit_tls": protocol == "pop3s", "allow_plaintext": bool(allow_plaintext),
+            "ca_file": _path(r, "ca_file", base_dir, None)}
+
+
+def _password_source(r: _Reader, base_dir: Path) -> dict[str, Any]:
+    """Exactly one place to read the password from; the password itself never lives in the TOML."""
+    if r.has("password"):
+        r.known.append("password")
+        r.problem("password", "passwords are not accepted in the config file; use one of "
+                              + ", ".join(PASSWORD_SOURCES))
+    given = [key for key in PASSWORD_SOURCES if r.has(key)]
+    if len(given) != 1:
+        r.problem("password_file", f"exactly one of {', '.join(PASSWORD_SOURCES)} is required"
+                                   + (f" (found {', '.join(given)})" if given else ""))
+    credential = r.text("password_credential", None)
+    if credential is not None and ("/" in credential or credential.startswith(".")):
+        credential = r.refuse("password_credential", "must be a plain file name under $CREDENTIALS_DIRECTORY")
+    return {"password_file": _path(r, "password_file", base_dir, None),
+            "password_env": r.text("password_env", None), "password_credential": credential}
+
+
+def _pop3_session(r: _Reader) -> dict[str, Any]:
+    """What one session may do, and what happens to kept and oversized mail."""
+    values = {
+        "keep": r.get("keep_on_server", BOOLEAN, False),
+        "max_message_bytes": r.get("max_message_bytes", POSITIVE_INT, None),
+        "oversized": _choice(r, "oversized", OVERSIZED, "an oversized-mail action", default="ticket"),
+        "delete_oversized": r.get("delete_oversized", BOOLEAN, False),
+        "max_messages_per_session": r.get("max_messages_per_session", POSITIVE_INT, 500),
+        "max_session_seconds": _interval(r, "max_session_time", 300.0),
+        "batch": r.get("batch", POSITIVE_INT, 32),
+        "backoff_max_seconds": _interval(r, "backoff_max", 900.0),
+    }
+    return {k: v for k, v in values.items() if v is not None or k == "max_message_bytes"}
+
+
+def _port(r: _Reader, default: int) -> int | None:
+    value = r.get("port", POSITIVE_INT, default)
+    if value is not None and value > 65535:
+        return r.refuse("port", f"{value} is not a TCP port (1-65535)")
+    return value
 
 
 # --------------------------------------------------------------------------- value checks

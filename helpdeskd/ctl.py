@@ -1,4 +1,5 @@
-"""``helpdeskctl``: looking at tickets, the outbox and the quarantine; requeueing failed outgoing mail.
+"""``helpdeskctl``: looking at tickets, the outbox and the quarantine; requeueing failed outgoing mail;
+re-filing a quarantined message.
 
 The commands that change tickets (reply, note, close, reopen, assign, set) live in :mod:`helpdeskd.ctlwrite`.
 """
@@ -11,7 +12,9 @@ import sys
 from pathlib import Path
 
 from .config import load_config
-from .errors import ConfigError, StoreLocked
+from .cycle import Services, file_safely
+from .errors import ConfigError, StoreLocked, TransientError
+from .message import Inbound
 from .parse import parse
 from .settings import Config
 from .store.holding import Holding
@@ -21,6 +24,7 @@ from .store.tickets import TicketStore, ticket_to_dict
 from .ticket import Ticket
 from .ctlwrite import add_parsers as add_write_parsers
 from .runtime import config_path
+from .templates import load_templates
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,6 +205,8 @@ def cmd_outbox_retry(args: argparse.Namespace, config: Config) -> int:
 
 
 def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
+    if getattr(args, "action", None) == "retry":
+        return cmd_quarantine_retry(args, config)
     items = list(Holding(config.helpdesk.state_dir, args.folder).items())
     if args.json:
         json.dump([{"id": i.id, "reason": i.reason, "source": i.source, "at": i.at, "path": str(i.path)}
@@ -210,6 +216,33 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
     for i in items:
         print(f"{i.id}  {i.at}  {i.source}  {i.reason}")
     print(f"{len(items)} message(s) in {args.folder}/")
+    return 0
+
+
+def cmd_quarantine_retry(args: argparse.Namespace, config: Config) -> int:
+    """File one quarantined message again (after a fix); it leaves quarantine only once it is filed."""
+    holding = Holding(config.helpdesk.state_dir, "quarantine")
+    item = next((i for i in holding.items() if i.id == args.item), None)
+    if item is None:
+        print(f"helpdeskctl: no message {args.item!r} in quarantine/", file=sys.stderr)
+        return 1
+    name, _, upstream_id = item.source.partition(":")
+    mailbox = next((m for m in config.mailboxes if m.name == name), None)
+    try:
+        svc = Services.open(config, load_templates(config))
+        with svc.write_lock():
+            with svc.batch():  # the ticket is durable before the quarantined copy goes
+                outcome = file_safely(Inbound(name or "quarantine", upstream_id or item.id, holding.raw(item.id)),
+                                      svc, mailbox)
+            if outcome.action != "quarantined":  # file_safely keeps it (same id) when it fails again
+                holding.remove(item.id)
+    except (TransientError, ConfigError, OSError) as exc:
+        print(f"helpdeskctl: not filed, still in quarantine: {exc}", file=sys.stderr)
+        return 1
+    if outcome.action == "quarantined":
+        print(f"helpdeskctl: still failing, kept in quarantine: {outcome.detail}", file=sys.stderr)
+        return 1
+    print(f"{item.id}: {outcome.action}" + (f" ticket #{outcome.ticket}" if outcome.ticket else ""))
     return 0
 
 
@@ -239,6 +272,8 @@ def _parser() -> argparse.ArgumentParser:
     retry.set_defaults(func=cmd_outbox_retry)
     quar = sub.add_parser("quarantine", help="mail that could not be processed, with the reason")
     quar.add_argument("--json", action="store_true")
+    quar.add_argument("action", nargs="?", choices=["retry"], help="retry ID: file a quarantined message again")
+    quar.add_argument("item", nargs="?", metavar="ID", help="the quarantine id (first column of the listing)")
     quar.set_defaults(func=cmd_quarantine, folder="quarantine")
     ref = sub.add_parser("refused", help="mail refused by policy (helpdesk disabled, ...), kept with the reason")
     ref.add_argument("--json", action="store_true")

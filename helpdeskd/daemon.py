@@ -22,6 +22,7 @@ from .cycle import Services
 from .errors import ConfigError
 from .intake import poll_maildir, prepare
 from .logs import get
+from .pollers import pop3_poller
 from .runtime import Runtime, load
 from .sender import Sender
 from .settings import Mailbox
@@ -107,6 +108,8 @@ class Daemon:
                 self._pollers[name] = (mailbox, asyncio.create_task(self._poll_loop(mailbox), name=name))
 
     async def _poll_loop(self, mailbox: Mailbox) -> None:
+        if mailbox.pop3 is not None:  # network I/O in its own thread, outside the filing lock
+            return await pop3_poller(mailbox, lambda: self.svc, self._filing, lambda: self.stopping)
         while not self.stopping:
             async with self._filing:
                 if self.stopping:

@@ -47,7 +47,7 @@ class Category:
 
 @dataclass(frozen=True)
 class Mailbox:
-    """One intake. In this version: protocol ``maildir`` (a local Maildir polled on an interval)."""
+    """One intake: protocol ``maildir`` (a local Maildir) or ``pop3``/``pop3s`` (see :class:`Pop3`)."""
 
     name: str
     protocol: str
@@ -56,6 +56,38 @@ class Mailbox:
     queue: str | None = None
     priority: str | None = None
     category: str | None = None
+    pop3: "Pop3 | None" = None  # set exactly when protocol is pop3 or pop3s
+
+
+@dataclass(frozen=True)
+class Pop3:
+    """How to reach one POP3 mailbox and how much one session may do.
+
+    TLS: ``pop3s`` is implicit TLS; ``pop3`` upgrades with STLS unless ``allow_plaintext`` says it may
+    stay in clear text. Certificates are always verified (against ``ca_file`` when given). Exactly one of
+    the three password sources is set; the secret itself is read only when connecting.
+    """
+
+    host: str
+    port: int
+    user: str
+    implicit_tls: bool = False
+    allow_plaintext: bool = False
+    password_file: Path | None = None
+    password_env: str | None = None
+    password_credential: str | None = None  # a file name under $CREDENTIALS_DIRECTORY (systemd)
+    ca_file: Path | None = None
+    source_address: str | None = None  # local address to connect from (multi-homed hosts)
+    connect_timeout: float = 30.0
+    read_timeout: float = 60.0
+    keep: bool = False  # keep filed mail on the server (the ledger remembers it) instead of deleting it
+    max_message_bytes: int | None = None  # None: [limits] max_message_bytes
+    oversized: str = "ticket"  # "ticket": headers filed with a note; "reply": headers kept, sender told
+    delete_oversized: bool = False  # after the note/answer is durable, delete the oversized original
+    max_messages_per_session: int = 500
+    max_session_seconds: float = 300.0
+    batch: int = 32  # messages retrieved, filed and deleted together (group commit)
+    backoff_max_seconds: float = 900.0
 
 
 @dataclass(frozen=True)

@@ -176,8 +176,9 @@ RULES: list[tuple[dict[str, Any], str]] = [
     ({"mailboxes[0].interval": "5 minutes"}, f"mailboxes[0].interval: {INTERVAL}"),
     ({"mailboxes[0].interval": float("nan")}, f"mailboxes[0].interval: {INTERVAL}"),
     # mailboxes
-    ({"mailboxes[0].protocol": "pop3"},
-     'mailboxes[0].protocol: "pop3" is not supported in this version (supported: maildir)'),
+    ({"mailboxes[0].protocol": "imap"},
+     'mailboxes[0].protocol: "imap" is not supported in this version (supported: maildir, pop3, pop3s)'),
+    ({"mailboxes[0].protocol": "pop3"}, "mailboxes[0].host: missing"),
     ({"mailboxes[0].protocol": DELETE}, "mailboxes[0].protocol: missing"),
     ({"mailboxes[0].path": DELETE}, "mailboxes[0].path: missing"),
     ({"mailboxes[0].name": DELETE}, "mailboxes[0].name: missing"),
@@ -230,7 +231,7 @@ def test_several_problems_reported_together() -> None:
         "helpdesk.colour: unknown key",
         "queues[2].name: missing",
         f"priorities[1].response_target: {DURATION}",
-        'mailboxes[0].protocol: "imap" is not supported in this version (supported: maildir)',
+        'mailboxes[0].protocol: "imap" is not supported in this version (supported: maildir, pop3, pop3s)',
     ]
 
 
@@ -413,3 +414,49 @@ def test_msp_profile_ranks_priorities_by_business_impact() -> None:
     assert [p.key for p in config.priorities] == [
         "system-down", "significant-impact", "minor-impact", "information-only"]
     assert [p.response_target_minutes for p in config.priorities] == [60, 240, 1440, 4320]
+
+
+# ----------------------------------------------------------------------------- pop3 mailboxes
+
+
+def _pop3_problems(**entry: object) -> list[str]:
+    from conftest import default_config_data
+
+    data = default_config_data()
+    base = {"name": "support", "protocol": "pop3", "host": "mail.example.com", "user": "u", "password_env": "P"}
+    data["mailboxes"] = [{k: v for k, v in {**base, **entry}.items() if v is not None}]
+    try:
+        build_config(data, Path("/tmp"))
+    except ConfigError as exc:
+        return exc.problems
+    return []
+
+
+def test_pop3_mailbox_defaults():
+    from conftest import default_config_data
+
+    data = default_config_data()
+    data["mailboxes"] = [{"name": "s", "protocol": "pop3s", "host": "h", "user": "u", "password_file": "pw"}]
+    pop3 = build_config(data, Path("/etc/helpdeskd")).mailboxes[0].pop3
+    assert (pop3.port, pop3.implicit_tls, pop3.allow_plaintext, pop3.keep) == (995, True, False, False)
+    assert pop3.password_file == Path("/etc/helpdeskd/pw") and pop3.oversized == "ticket"
+
+
+def test_pop3_password_never_in_the_toml():
+    assert any(p.startswith("mailboxes[0].password: passwords are not accepted") for p in _pop3_problems(password="x"))
+
+
+def test_pop3_needs_exactly_one_password_source():
+    assert _pop3_problems(password_env=None) == [
+        "mailboxes[0].password_file: exactly one of password_file, password_env, password_credential is required"]
+    assert "found password_file, password_env" in _pop3_problems(password_file="f")[0]
+
+
+def test_pop3_checks():
+    assert _pop3_problems(protocol="pop3s", allow_plaintext=True) == [
+        'mailboxes[0].allow_plaintext: only meaningful with protocol = "pop3"; pop3s is always TLS']
+    assert _pop3_problems(password_env=None, password_credential="../x") == [
+        "mailboxes[0].password_credential: must be a plain file name under $CREDENTIALS_DIRECTORY"]
+    assert _pop3_problems(port=70000) == ["mailboxes[0].port: 70000 is not a TCP port (1-65535)"]
+    assert _pop3_problems(oversized="drop")[0].startswith('mailboxes[0].oversized: "drop" is not')
+    assert _pop3_problems(path="x", hots="h")[0] == 'mailboxes[0].hots: unknown key (did you mean "host"?)'

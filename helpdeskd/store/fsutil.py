@@ -72,14 +72,14 @@ class Syncer:
 
     @contextmanager
     def batch(self) -> Iterator["Syncer"]:
-        """Group commit: everything written inside is durable when the block exits normally."""
+        """Group commit: everything written inside is durable when the block exits."""
         self._depth += 1
         try:
             yield self
         finally:
             self._depth -= 1
-        if self._depth == 0:
-            self.flush()
+            if self._depth == 0:  # also after an error: what was filed before it must be durable too,
+                self.flush()  # since callers record it as done (a POP3 ledger) on their way out
 
     def flush(self) -> None:
         files, dirs = sorted(self._files), sorted(self._dirs)

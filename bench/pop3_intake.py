@@ -1,0 +1,206 @@
+"""POP3 intake benchmark: helpdeskd filing a Dovecot mailbox, against bare poplib retrieval of the same.
+
+    .venv/bin/python bench/pop3_intake.py [-n 2000] [--tls plain,pop3s]
+
+For each transport it loads N realistic ~4 KB messages (plain text in Spanish and English, every
+fifth with a small attachment) into a fresh Dovecot mailbox and measures, in the same run:
+
+  (a) the floor: stdlib poplib, RETR + DELE of every message, then QUIT — nothing that files mail can
+      be faster through the same server;
+  (b) helpdeskd: ``poll_pop3_fully`` filing the mailbox into durable tickets with acknowledgments queued
+      (default mailbox settings: sessions of 500, batches of 32).
+
+Each measurement runs in a child process; its peak RSS (ru_maxrss) is reported. Needs root and Dovecot
+(``scripts/test`` installs it). Prints a table and the ratio b/a.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import poplib
+import random
+import resource
+import shutil
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+WORDS = {
+    "es": "hola buenos días tengo un problema con mi cuenta de correo desde ayer no puedo enviar mensajes "
+          "el servidor me devuelve un error cuando intento conectar por favor ayúdenme gracias".split(),
+    "en": "hello good morning I have a problem with my mail account since yesterday I cannot send messages "
+          "the server returns an error when I try to connect please help me thanks".split(),
+}
+
+
+def message(i: int, rng: random.Random) -> bytes:
+    """A ~4 KB message; every fifth carries a small attachment."""
+    lang = "es" if i % 3 else "en"
+    text = "\r\n".join(" ".join(rng.choices(WORDS[lang], k=14)) for _ in range(38 if i % 5 else 12))
+    head = (f"From: Cliente {i} <cliente{i}@example.net>\r\nTo: support@helpdesk.localhost\r\n"
+            f"Subject: Consulta {i}: {' '.join(rng.choices(WORDS[lang], k=5))}\r\n"
+            f"Message-ID: <bench.{i}.{rng.getrandbits(40):x}@example.net>\r\n"
+            f"Date: Mon, 02 Jun 2025 10:{i % 60:02d}:00 +0200\r\nMIME-Version: 1.0\r\n")
+    if i % 5:
+        return (head + "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+                + text + "\r\n").encode()
+    blob = base64.encodebytes(rng.randbytes(2200)).decode().replace("\n", "\r\n")
+    return (head + 'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\n'
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n" + text + "\r\n--b1\r\n"
+            'Content-Type: application/pdf; name="factura.pdf"\r\nContent-Transfer-Encoding: base64\r\n'
+            'Content-Disposition: attachment; filename="factura.pdf"\r\n\r\n' + blob + "--b1--\r\n").encode()
+
+
+# ----------------------------------------------------------------------------- children
+
+
+def child_floor(host: str, port: int, user: str, password: str, tls: bool, ca: str) -> dict:
+    context = ssl.create_default_context(cafile=ca)
+    started = time.perf_counter()
+    client = poplib.POP3_SSL(host, port, context=context) if tls else poplib.POP3(host, port)
+    client.user(user)
+    client.pass_(password)
+    count, _ = client.stat()
+    for number in range(1, count + 1):
+        client.retr(number)
+        client.dele(number)
+    client.quit()
+    return {"messages": count, "seconds": time.perf_counter() - started}
+
+
+def child_helpdeskd(config: str, no_fsync: bool = False) -> dict:
+    import os
+
+    if no_fsync:  # a what-if, never a setting: how fast the same path runs when durability costs nothing
+        os.fsync = lambda fd: None
+    from helpdeskd import logs
+    from helpdeskd.cycle import Services
+    from helpdeskd.gateway import poll_pop3_fully
+    from helpdeskd.runtime import load
+
+    logs.setup("warning")
+    runtime = load(Path(config))
+    svc = Services.open(runtime.config, runtime.templates)
+    started = time.perf_counter()
+    result = poll_pop3_fully(runtime.config.mailboxes[0], svc)
+    seconds = time.perf_counter() - started
+    assert result.error is None, result.error
+    return {"messages": sum(result.counts.values()), "seconds": seconds, "counts": result.counts}
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM; ru_maxrss would include the parent's before exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", *args], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"child failed: {out.stderr[-3000:]}")
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def write_config(work: Path, server, user: str, protocol: str) -> Path:
+    import tomli_w
+
+    from conftest import default_config_data
+
+    data = default_config_data()
+    data["helpdesk"].update({"state_dir": str(work / f"state-{protocol}"), "templates_dir": str(ROOT / "templates")})
+    (work / "password").write_text("secret\n")
+    entry = {"name": "bench", "protocol": "pop3s" if protocol == "pop3s" else "pop3", "host": "127.0.0.1",
+             "user": user, "password_file": str(work / "password"), "ca_file": str(server.pki.ca),
+             "port": server.pop3s_port if protocol == "pop3s" else server.pop3_port}
+    if protocol == "plain":
+        entry["allow_plaintext"] = True
+    data["mailboxes"] = [entry]
+    path = work / f"helpdeskd-{protocol}.toml"
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+def load_mailbox(server, maildir: Path, n: int) -> int:
+    rng = random.Random(7)
+    sizes = 0
+    for i in range(n):
+        raw = message(i, rng)
+        sizes += len(raw)
+        server.deliver(maildir, raw)
+    return sizes // n
+
+
+def measure(server, work: Path, n: int, protocol: str, no_fsync: bool) -> dict:
+    from dovecot import PASSWORD
+
+    user = f"bench{protocol}"
+    maildir = server.add_user(user)
+    tls, port = protocol == "pop3s", server.pop3s_port if protocol == "pop3s" else server.pop3_port
+    avg = load_mailbox(server, maildir, n)
+    floor = run_child("floor", "127.0.0.1", str(port), user, PASSWORD, str(int(tls)), str(server.pki.ca))
+    load_mailbox(server, maildir, n)
+    ours = run_child("helpdeskd", str(write_config(work, server, user, protocol)))
+    assert ours["messages"] == n == floor["messages"], (ours, floor)
+    row = {"protocol": protocol, "n": n, "avg_bytes": avg, "floor": floor, "helpdeskd": ours}
+    if no_fsync:
+        shutil.rmtree(work / f"state-{protocol}")
+        load_mailbox(server, maildir, n)
+        row["what_if_no_fsync"] = run_child("helpdeskd", str(work / f"helpdeskd-{protocol}.toml"), "--no-fsync")
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=2000)
+    parser.add_argument("--tls", default="plain,pop3s", help="comma-separated: plain, pop3s")
+    parser.add_argument("--what-if-no-fsync", action="store_true",
+                        help="also run (b) with os.fsync disabled: the CPU ceiling a group commit could approach")
+    args = parser.parse_args()
+    from dovecot import Dovecot, make_pki
+
+    base = Path(tempfile.mkdtemp(prefix="hd-bench-"))
+    base.chmod(0o755)
+    server = Dovecot(base, make_pki(base)).start()
+    try:
+        rows = [measure(server, base, args.n, protocol, args.what_if_no_fsync) for protocol in args.tls.split(",")]
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    print(f"N={args.n}  (peak RSS of the measuring child process)")
+    print(f"{'transport':10} {'floor msg/s':>12} {'helpdeskd msg/s':>16} {'b/a':>6} {'floor RSS':>10} {'ours RSS':>10}")
+    for r in rows:
+        fa, fb = r["floor"], r["helpdeskd"]
+        a, b = fa["messages"] / fa["seconds"], fb["messages"] / fb["seconds"]
+        print(f"{r['protocol']:10} {a:12.0f} {b:16.1f} {b / a:6.3f} {fa['rss_mb']:8.1f}MB {fb['rss_mb']:8.1f}MB")
+        if "what_if_no_fsync" in r:
+            w = r["what_if_no_fsync"]
+            c = w["messages"] / w["seconds"]
+            print(f"{'  no fsync':10} {'':12} {c:16.1f} {c / a:6.3f} {'':10} {w['rss_mb']:8.1f}MB")
+    print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        kind, rest = sys.argv[2], sys.argv[3:]
+        if kind == "floor":
+            host, port, user, password, tls, ca = rest
+            report = child_floor(host, int(port), user, password, tls == "1", ca)
+        else:
+            report = child_helpdeskd(rest[0], no_fsync="--no-fsync" in rest)
+        report["rss_mb"] = peak_rss_mb()
+        print(json.dumps(report))
+    else:
+        main()

@@ -1,0 +1,304 @@
+"""One POP3 session: take every waiting message exactly once, in the order that cannot lose mail.
+
+For each batch of messages::
+
+    RETR (pipelined) → file each one durably → add their UIDLs to the ledger (one atomic write)
+                     → DELE the batch (pipelined)            … and QUIT once at the end
+
+A DELE is only a mark until QUIT succeeds (RFC 1939), and any error mid-session sends RSET then QUIT,
+so a message is either filed and then deleted, or still on the server for the next poll. Filing is
+idempotent by message key, so a message downloaded again after a crash never becomes a second
+ticket; the ledger makes the next session delete (or, when mail is kept, skip) it without RETR.
+
+Network and filing overlap: while one batch is being filed (in a filer thread, under the daemon's
+filing lock), the session thread already retrieves the next one. At most two batches are in memory.
+
+Oversized messages (LIST size over the limit) are never downloaded whole: their headers (TOP) become
+a ticket with a note, or are kept in ``refused/`` with an answer to the sender (``oversized``).
+Servers without UIDL: the ledger holds message keys instead (``key:<key>``), which can only be
+known after RETR — such a mailbox is downloaded whole on each poll when mail is kept on the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+from .cycle import Outcome, Services, file_safely
+from .errors import PermanentError, TransientError
+from .intake import PollResult, log_outcome
+from .lang import choose_language
+from .logs import get
+from .loops import no_autoreply_reason, rate_limit_reason
+from .mailout import Occasion, queue_refusal
+from .message import Inbound
+from .parse import parse
+from .settings import LANGUAGES, Mailbox, Pop3
+from .sources.pop3 import Listed, Pop3Session, connect
+from .store.ledger import Ledger
+
+log = get("pop3")
+T = TypeVar("T")
+Locked = Callable[[Callable[[], T]], T]  # runs a filing step under the daemon's filing lock
+
+
+def run_directly(step: Callable[[], T]) -> T:
+    """The lock runner for single-threaded callers (``helpdeskd once``, tests)."""
+    return step()
+
+
+@dataclass
+class Pop3Result(PollResult):
+    more: bool = False  # a session bound stopped the poll with messages left: poll again soon
+    permanent: bool = False  # the error needs an admin (password, certificate), not just time
+
+
+@dataclass
+class _Batch:
+    items: list[Listed]
+    raws: list[bytes | None]
+
+
+def poll_pop3(mailbox: Mailbox, svc: Services, locked: Locked = run_directly,
+              should_stop: Callable[[], bool] = lambda: False) -> Pop3Result:
+    """One bounded session on ``mailbox``. Never raises Transient/PermanentError: they end up in ``error``."""
+    result = Pop3Result()
+    try:
+        session = connect(mailbox.pop3)  # type: ignore[arg-type]
+        _session(session, mailbox, svc, locked, should_stop, result)
+    except (TransientError, PermanentError) as exc:
+        result.error, result.permanent = str(exc), isinstance(exc, PermanentError)
+    return result
+
+
+def poll_pop3_fully(mailbox: Mailbox, svc: Services, should_stop: Callable[[], bool] = lambda: False) -> Pop3Result:
+    """Bounded sessions one after another until the mailbox is done or one fails (``helpdeskd once``)."""
+    total = Pop3Result(more=True)
+    while total.more and total.error is None and not should_stop():
+        result = poll_pop3(mailbox, svc, should_stop=should_stop)
+        for action, count in result.counts.items():
+            total.counts[action] = total.counts.get(action, 0) + count
+        total.more, total.error, total.permanent = result.more, result.error, result.permanent
+    return total
+
+
+def _session(session: Pop3Session, mailbox: Mailbox, svc: Services, locked: Locked,
+             should_stop: Callable[[], bool], result: Pop3Result) -> None:
+    """Work through the mailbox, then QUIT; on any failure RSET+QUIT and re-raise."""
+    try:
+        _work(session, mailbox, svc, locked, should_stop, result)
+    except BaseException:
+        session.abort()
+        raise
+    session.quit()
+
+
+def _work(session: Pop3Session, mailbox: Mailbox, svc: Services, locked: Locked,
+          should_stop: Callable[[], bool], result: Pop3Result) -> None:
+    cfg: Pop3 = mailbox.pop3  # type: ignore[assignment]
+    listed, has_uidl = session.listing()
+    ledger = Ledger(svc.config.helpdesk.state_dir, mailbox.name)
+    if has_uidl:
+        uids = [m.uid for m in listed if m.uid]
+        ledger.prune([*uids, *(f"kept:{uid}" for uid in uids)])
+        listed = _forget_known(session, listed, ledger, cfg, result)
+    limit = cfg.max_message_bytes or svc.config.limits.max_message_bytes
+    small = [m for m in listed if m.size <= limit]
+    for item in (m for m in listed if m.size > limit):
+        _oversized(session, item, limit, mailbox, svc, ledger, locked, result)
+    _pipeline(session, small, limit, mailbox, svc, ledger, locked, should_stop, result)
+    if not has_uidl and not result.more and result.error is None:
+        ledger.prune(ledger.seen)  # every message was downloaded: keys not seen are gone upstream
+    ledger.save()
+
+
+def _forget_known(session: Pop3Session, listed: list[Listed], ledger: Ledger, cfg: Pop3,
+                  result: Pop3Result) -> list[Listed]:
+    """Messages already filed are skipped (kept) or deleted without being downloaded again.
+
+    ``kept:<uid>`` marks an oversized message handled but deliberately left on the server.
+    """
+    listed = [m for m in listed if f"kept:{m.uid}" not in ledger]
+    known = [m for m in listed if m.uid in ledger]
+    if known and not cfg.keep:
+        ledger.save()  # the pruned list first, so the ledger never outgrows the mailbox
+        session.delete([m.number for m in known])
+        result.counts["deleted_known"] = len(known)
+    return [m for m in listed if m.uid not in ledger]
+
+
+# ----------------------------------------------------------------------------- the batch pipeline
+
+
+def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Mailbox, svc: Services,
+              ledger: Ledger, locked: Locked, should_stop: Callable[[], bool], result: Pop3Result) -> None:
+    """RETR batch k+1 while batch k is filed; DELE batch k once it (and its ledger entry) is durable."""
+    cfg: Pop3 = mailbox.pop3  # type: ignore[assignment]
+    deadline = time.monotonic() + cfg.max_session_seconds
+    filer = ThreadPoolExecutor(1, thread_name_prefix=f"file-{mailbox.name}")
+    pending: tuple[_Batch, Future] | None = None
+    try:
+        for batch_items in _batches(items, cfg, limit, result):
+            if should_stop() or time.monotonic() > deadline:
+                result.more = True
+                break
+            batch = _Batch(batch_items, session.retrieve([m.number for m in batch_items], limit))
+            if pending:
+                _finish(session, *pending, cfg)
+            pending = (batch, filer.submit(_file_batch, batch, mailbox, svc, ledger, locked, result))
+        if pending:
+            _finish(session, *pending, cfg)
+            pending = None
+    finally:
+        if pending:  # an error: let the filing in hand end before the session is aborted
+            pending[1].exception()
+        filer.shutdown(wait=True)
+
+
+def _batches(items: list[Listed], cfg: Pop3, limit: int, result: Pop3Result) -> list[list[Listed]]:
+    """Groups of at most ``cfg.batch`` messages and ~max(limit, 8 MiB) bytes, up to the session's count."""
+    budget, batches, current, size = max(limit, 8 * 1024 * 1024), [], [], 0
+    if len(items) > cfg.max_messages_per_session:
+        items, result.more = items[:cfg.max_messages_per_session], True
+    for item in items:
+        if current and (len(current) >= cfg.batch or size + item.size > budget):
+            batches.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += item.size
+    return batches + [current] if current else batches
+
+
+def _finish(session: Pop3Session, batch: _Batch, filing: Future, cfg: Pop3) -> None:
+    """Wait until the batch is durable (filed and ledgered), then mark it deleted upstream."""
+    safe: list[int] = filing.result()
+    if safe and not cfg.keep:
+        session.delete(safe)
+
+
+def _file_batch(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, locked: Locked,
+                result: Pop3Result) -> list[int]:
+    """File each retrieved message; record the durable ones in the ledger; return their numbers.
+
+    On a TransientError the messages filed before it are still recorded, then the error propagates.
+    """
+    safe: list[tuple[Listed, str]] = []
+    try:
+        locked(lambda: _file_locked(batch, mailbox, svc, ledger, result, safe))
+    finally:
+        ledger.add(upstream_id for _, upstream_id in safe)
+        ledger.save()
+    return [item.number for item, _ in safe]
+
+
+def _file_locked(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, result: Pop3Result,
+                 safe: list[tuple[Listed, str]]) -> None:
+    """File the batch under the write lock and one group commit: durable when this returns."""
+    with svc.write_lock(), svc.batch():
+        for item, raw in zip(batch.items, batch.raws):
+            if raw is None:
+                log.warning("pop3_retr_refused", mailbox=mailbox.name, uid=item.uid, number=item.number)
+                continue
+            upstream_id = item.uid or f"key:{parse(raw, svc.config.limits).key}"
+            if upstream_id not in ledger:  # only without UIDL can a filed message come back here
+                _file_one(Inbound(mailbox.name, upstream_id, raw), mailbox, svc, result)
+            safe.append((item, upstream_id))
+
+
+def _file_one(inbound: Inbound, mailbox: Mailbox, svc: Services, result: Pop3Result) -> Outcome:
+    started = time.monotonic()
+    outcome = file_safely(inbound, svc, mailbox)
+    result.add(outcome)
+    log_outcome(outcome, mailbox.name, time.monotonic() - started)
+    return outcome
+
+
+# ----------------------------------------------------------------------------- oversized mail
+
+
+def _oversized(session: Pop3Session, item: Listed, limit: int, mailbox: Mailbox, svc: Services,
+               ledger: Ledger, locked: Locked, result: Pop3Result) -> None:
+    """Headers only (TOP): a ticket with a note, or kept in ``refused/`` and the sender told; never lost."""
+    cfg: Pop3 = mailbox.pop3  # type: ignore[assignment]
+    headers = session.headers(item.number, svc.config.limits.max_header_bytes)
+    if headers is None:
+        log.warning("pop3_top_refused", mailbox=mailbox.name, uid=item.uid, size=item.size)
+        return
+    deleting = cfg.delete_oversized and not cfg.keep
+    upstream_id = item.uid or f"key:oversized:{hashlib.sha256(headers).hexdigest()[:32]}"
+    if upstream_id in ledger:  # only without UIDL: handled in an earlier session
+        ledger.add([upstream_id])  # seen again, so it is not pruned
+        return
+    note = _too_large_note(item.size, limit, deleting)
+    handle = _oversized_ticket if cfg.oversized == "ticket" else _oversized_reply
+    locked(lambda: handle(headers, note, upstream_id, mailbox, svc, result))
+    ledger.add([upstream_id if deleting or not item.uid else f"kept:{upstream_id}"])
+    ledger.save()
+    if deleting:
+        session.delete([item.number])
+
+
+def _too_large_note(size: int, limit: int, deleting: bool) -> str:
+    where = "deleted from the mail server" if deleting else "left on the mail server"
+    donde = "se ha borrado del servidor de correo" if deleting else "sigue en el servidor de correo"
+    return (f"This message ({size} bytes) is larger than the limit of {limit} bytes and was not downloaded; "
+            f"it was {where}. Only its headers were kept.\n"
+            f"Este mensaje ({size} bytes) supera el límite de {limit} bytes y no se ha descargado; "
+            f"{donde}. Solo se han conservado sus cabeceras.\n")
+
+
+def _oversized_ticket(headers: bytes, note: str, upstream_id: str, mailbox: Mailbox, svc: Services,
+                      result: Pop3Result) -> None:
+    """File the original headers with the note as a plain-text body: a ticket staff can act on."""
+    kept = [line for line in _header_lines(headers) if not line.lower().startswith((b"content-", b"mime-version"))]
+    body = note.replace("\n", "\r\n").encode("utf-8")
+    raw = b"".join(kept) + (b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                            b"Content-Transfer-Encoding: 8bit\r\n\r\n") + body
+    with svc.write_lock(), svc.batch():
+        _file_one(Inbound(mailbox.name, upstream_id, raw), mailbox, svc, result)
+
+
+def _header_lines(headers: bytes) -> list[bytes]:
+    """Header fields with their continuation lines folded into them, each ending in CRLF."""
+    fields: list[bytes] = []
+    for line in headers.replace(b"\r\n", b"\n").split(b"\n"):
+        if not line.strip():
+            continue
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line + b"\r\n"
+        else:
+            fields.append(line + b"\r\n")
+    return fields
+
+
+def _oversized_reply(headers: bytes, note: str, upstream_id: str, mailbox: Mailbox, svc: Services,
+                     result: Pop3Result) -> None:
+    """Keep the headers in ``refused/`` and answer with the ``refused`` template, unless loops forbid it."""
+    message = parse(headers, svc.config.limits)
+    with svc.write_lock(), svc.batch():
+        if not svc.refused.has(message.key):
+            svc.refused.put(message.key, headers, note.splitlines()[0], f"{mailbox.name}:{upstream_id}")
+        queued = _answer_too_large(message, note.splitlines()[0], svc)
+    result.counts["oversized"] = result.counts.get("oversized", 0) + 1
+    log.info("message", source=mailbox.name, message_id=message.message_id, action="oversized",
+             reply="refused" if queued else None, detail=note.splitlines()[0])
+
+
+def _answer_too_large(message, reason: str, svc: Services) -> bool:
+    """The ``refused`` answer for mail too large to file, unless loop rules or rate limits forbid it."""
+    hd = svc.config.helpdesk
+    sender = message.sender
+    if sender is None or no_autoreply_reason(message, hd.address, hd.message_id_domain):
+        return False
+    now, limits = svc.clock().timestamp(), svc.config.autoreply
+    if rate_limit_reason(svc.sent.count(sender.addr, now - limits.per_recipient_window_seconds),
+                         svc.sent.count_all(now - limits.global_window_seconds), limits):
+        return False
+    lang = choose_language(message, LANGUAGES, hd.default_language, hd.detect_language)
+    occasion = Occasion(key=f"{message.key}:too_large", sender=sender.addr, sender_name=sender.name, language=lang,
+                        in_reply_to=message.message_id, references=message.references)
+    return queue_refusal(svc, "refused", occasion, message.subject, reason, "too_large")

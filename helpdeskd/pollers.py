@@ -1,0 +1,123 @@
+"""The daemon's POP3 poller: one asyncio task per mailbox, its session in a thread of its own.
+
+Why a thread and the blocking stdlib client rather than an asyncio POP3 client: poplib is the
+well-trodden implementation of the protocol, every call has a socket timeout, and the filing it feeds
+is blocking file I/O that needs a thread anyway. A dedicated thread per session (not the shared
+default executor) means a slow or hanging server never takes a worker away from another mailbox's
+filing, and the asyncio loop never waits on a socket.
+
+Filing is serialised by the daemon's asyncio lock. The session thread holds it only while a batch
+is being filed — never during network I/O — so one slow server does not stall other mailboxes.
+
+Trouble (refused, timeout, TLS, authentication): one log line with the cause, the mailbox's status
+file says so, and the next attempt waits twice as long as the last, up to ``backoff_max``. The first
+successful session resets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TypeVar
+
+from .cycle import Services
+from .gateway import Pop3Result, poll_pop3
+from .logs import get
+from .settings import Mailbox
+from .store.fsutil import Syncer, atomic_write, ensure_dir
+
+log = get("pop3")
+T = TypeVar("T")
+
+
+def backoff_delay(mailbox: Mailbox, failures: int) -> float:
+    """Seconds before the next attempt after ``failures`` failed sessions in a row (0: the interval)."""
+    cap = max(mailbox.pop3.backoff_max_seconds, mailbox.interval_seconds)  # type: ignore[union-attr]
+    return min(mailbox.interval_seconds * 2 ** min(failures, 32), cap)
+
+
+async def pop3_poller(mailbox: Mailbox, services: Callable[[], Services], filing: asyncio.Lock,
+                      stopping: Callable[[], bool]) -> None:
+    """Poll ``mailbox`` until ``stopping()``; survive every failure with back-off.
+
+    Cancellation (reload, shutdown) asks the session to stop between batches and waits for it, so
+    a session never outlives its poller and two sessions on one mailbox never overlap.
+    """
+    failures, cancelled = 0, threading.Event()
+    locked = _loop_locked(asyncio.get_running_loop(), filing)
+    while not stopping():
+        svc = services()
+        future = _in_thread(poll_pop3, mailbox, svc, locked, lambda: stopping() or cancelled.is_set())
+        try:
+            result = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            cancelled.set()
+            await asyncio.wait([future])
+            raise
+        failures = 0 if result.error is None else failures + 1
+        _report(mailbox, svc, result, failures)
+        if not result.more or result.error is not None:
+            await asyncio.sleep(backoff_delay(mailbox, failures))
+
+
+def _report(mailbox: Mailbox, svc: Services, result: Pop3Result, failures: int) -> None:
+    """One log line per session that did something or failed; the status file either way."""
+    if result.error is not None:
+        log.warning("pop3_failed", mailbox=mailbox.name, error=result.error, failures=failures,
+                    retry_in=backoff_delay(mailbox, failures), needs_admin=result.permanent)
+    elif result.counts:
+        log.info("poll_done", mailbox=mailbox.name, **result.counts)
+    write_status(svc.config.helpdesk.state_dir, mailbox.name, result, failures)
+
+
+NO_SYNC = Syncer(enabled=False)  # the status file is informative: rewritten every poll, never fsynced
+
+
+def write_status(state_dir: Path, name: str, result: Pop3Result, failures: int) -> None:
+    """``state/status/<mailbox>.json``: last poll, ok or failing with the cause (read it with cat or jq)."""
+    status = {"mailbox": name, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+              "ok": result.error is None, "error": result.error, "failures": failures, "counts": result.counts}
+    try:
+        atomic_write(ensure_dir(state_dir / "status") / f"{name}.json", json.dumps(status).encode(), sync=NO_SYNC)
+    except OSError as exc:  # status is informative only; never let it stop intake
+        log.warning("status_not_written", mailbox=name, error=str(exc))
+
+
+def _loop_locked(loop: asyncio.AbstractEventLoop, lock: asyncio.Lock) -> Callable[[Callable[[], T]], T]:
+    """A runner, for worker threads, that holds the loop's asyncio lock around one step."""
+
+    def locked(step: Callable[[], T]) -> T:
+        asyncio.run_coroutine_threadsafe(lock.acquire(), loop).result()
+        try:
+            return step()
+        finally:
+            loop.call_soon_threadsafe(lock.release)
+
+    return locked
+
+
+def _in_thread(fn: Callable[..., T], *args: object) -> asyncio.Future:
+    """Run ``fn`` in a new thread; the returned future resolves on the running loop."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def settle(value: object, error: BaseException | None) -> None:
+        if not future.done():
+            future.set_exception(error) if error else future.set_result(value)
+
+    def target() -> None:
+        try:
+            value, error = fn(*args), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task, not swallowed
+            value, error = None, exc
+        try:
+            loop.call_soon_threadsafe(settle, value, error)
+        except RuntimeError:
+            pass  # the loop is gone (process exiting): nobody is waiting any more
+
+    threading.Thread(target=target, name=f"pop3-{args[0].name}", daemon=True).start()  # type: ignore[attr-defined]
+    return future
