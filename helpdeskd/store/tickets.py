@@ -6,11 +6,13 @@ Layout under the state directory::
     tickets/<id // 1000>/<id>/ticket.toml  current metadata, replaced atomically
     tickets/<id // 1000>/<id>/events.jsonl append-only history
     tickets/<id // 1000>/<id>/mail/<n>-<key>.eml   raw messages, never modified
-    index/keys/<k[:2]>/<k>                 message key → decision record (JSON), see helpdeskd.cycle
-    index/msgid/<h[:2]>/<h>                sha1(Message-ID) → ticket id
+    index/keys/<k[:2]>/<k[2:4]>/<k>       message key → decision record (JSON), see helpdeskd.cycle
+    index/msgid/<h[:2]>/<h[2:4]>/<h>      sha1(Message-ID) → ticket id
 
-Tickets are sharded by thousands so no directory grows past a thousand entries; index entries are
-hashed into 256 buckets. Both make a lookup one path resolution, whatever the number of tickets.
+Ticket folders are grouped by thousands (a shard holds at most 1,000 tickets; ``tickets/`` itself holds
+one shard per thousand, 1,000 at a million tickets). Index entries are hashed into 65,536 buckets, so a
+bucket holds about 15 entries per million messages. A lookup is one path resolution through small
+directories, whatever the number of tickets and whether or not the file system indexes directories.
 Indexes are caches: :mod:`helpdeskd.store.fsck` rebuilds them from the ticket folders.
 """
 
@@ -52,11 +54,11 @@ class TicketStore:
         return self.root / "tickets" / str(ticket_id // 1000) / str(ticket_id)
 
     def _key_path(self, key: str) -> Path:
-        return self.root / "index" / "keys" / key[:2] / key
+        return self.root / "index" / "keys" / key[:2] / key[2:4] / key
 
     def _msgid_path(self, message_id: str) -> Path:
         digest = hashlib.sha1(message_id.strip().lower().encode("utf-8", "replace")).hexdigest()
-        return self.root / "index" / "msgid" / digest[:2] / digest
+        return self.root / "index" / "msgid" / digest[:2] / digest[2:4] / digest
 
     # -- ids -----------------------------------------------------------------------------------
     def allocate_id(self) -> int:
