@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -69,3 +71,23 @@ def mail(
     lines += [line for line in extra.splitlines() if line]
     lines += ["MIME-Version: 1.0", "Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: 8bit", "", body]
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def server_dir() -> Path:
+    """A directory for a Dovecot instance. Not pytest's tmp_path: its parent is mode 0700, and Dovecot's
+    mail processes run as another user."""
+    base = Path(tempfile.mkdtemp(prefix="hd-dovecot-"))
+    base.chmod(0o755)
+    return base
+
+
+@pytest.fixture(scope="session")
+def dovecot():
+    """One real Dovecot (POP3/IMAP, plain and TLS, a throwaway CA) for the whole session."""
+    from dovecot import Dovecot, make_pki
+
+    base = server_dir()
+    server = Dovecot(base, make_pki(base)).start()
+    yield server
+    server.stop()
+    shutil.rmtree(base, ignore_errors=True)

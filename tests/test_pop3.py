@@ -23,7 +23,7 @@ from helpdeskd.cycle import Services
 from helpdeskd.gateway import poll_pop3, poll_pop3_fully
 from helpdeskd.templates import load_templates
 
-from conftest import ROOT, default_config_data, mail
+from conftest import ROOT, default_config_data, mail, server_dir
 from dovecot import Dovecot, make_pki
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="starting Dovecot needs root (CI runs as root)")
@@ -32,26 +32,10 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="starting Dovecot need
 # ----------------------------------------------------------------------------- fixtures
 
 
-def _server_dir() -> Path:
-    # Not pytest's tmp_path: its parent is mode 0700 and Dovecot's mail processes run as another user.
-    base = Path(tempfile.mkdtemp(prefix="hd-dovecot-"))
-    base.chmod(0o755)
-    return base
-
-
-@pytest.fixture(scope="session")
-def dovecot():
-    base = _server_dir()
-    server = Dovecot(base, make_pki(base)).start()
-    yield server
-    server.stop()
-    shutil.rmtree(base, ignore_errors=True)
-
-
 @pytest.fixture
 def own_dovecot():
     """A private instance, for tests that stop the server."""
-    base = _server_dir()
+    base = server_dir()
     server = Dovecot(base, make_pki(base)).start()
     yield server
     server.stop()
