@@ -668,11 +668,6 @@ def _smtp(r: _Reader | None, base_dir: Path) -> Smtp | None:
     return Smtp(**values)
 
 
-def _port(r: _Reader, default: int) -> int | None:
-    port = r.get("port", POSITIVE_INT, default)
-    return port if port is None or port <= 65535 else r.refuse("port", f"{port} is not a TCP port (1-65535)")
-
-
 def _check_plaintext(r: _Reader, security: str, allowed: bool | None) -> None:
     """Plaintext SMTP is an explicit choice (a local MTA), never a default or a typo."""
     if security == "none" and not allowed:

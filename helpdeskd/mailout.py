@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field, replace
 
-from .actions import ESCALATION, PARTICIPANTS, REQUESTER, SENDER, STAFF, Send
+from .actions import PARTICIPANTS, REQUESTER, SENDER, STAFF, Send
 from .matching import make_message_id, plus_address, render_tag, tagged_ids
 from .outmail import compose
 from .services import Services, event_once

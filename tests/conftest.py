@@ -81,9 +81,8 @@ def server_dir() -> Path:
     return base
 
 
-@pytest.fixture(scope="session")
-def dovecot():
-    """One real Dovecot (POP3/IMAP, plain and TLS, a throwaway CA) for the whole session."""
+def running_dovecot():
+    """A real Dovecot (POP3/IMAP, plain and TLS, a throwaway CA), stopped and removed afterwards."""
     from dovecot import Dovecot, make_pki
 
     base = server_dir()
@@ -91,3 +90,9 @@ def dovecot():
     yield server
     server.stop()
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def dovecot():
+    """One Dovecot shared by the whole session (tests that stop the server use their own)."""
+    yield from running_dovecot()

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -23,8 +21,8 @@ from helpdeskd.cycle import Services
 from helpdeskd.gateway import poll_pop3, poll_pop3_fully
 from helpdeskd.templates import load_templates
 
-from conftest import ROOT, default_config_data, mail, server_dir
-from dovecot import Dovecot, make_pki
+from conftest import ROOT, default_config_data, mail, running_dovecot
+from dovecot import Dovecot
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="starting Dovecot needs root (CI runs as root)")
 
@@ -35,11 +33,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="starting Dovecot need
 @pytest.fixture
 def own_dovecot():
     """A private instance, for tests that stop the server."""
-    base = server_dir()
-    server = Dovecot(base, make_pki(base)).start()
-    yield server
-    server.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    yield from running_dovecot()
 
 
 class Box:

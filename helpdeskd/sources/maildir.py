@@ -7,7 +7,6 @@ leaves it in ``new/`` and the next poll offers it again; the store's idempotent 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -96,14 +96,7 @@ IMMEDIATE = Syncer()  # the default: every write durable before it returns; neve
 
 def atomic_write(path: Path, data: bytes, *, sync: Syncer = IMMEDIATE) -> None:
     """Replace ``path`` with ``data`` so a reader or a crash sees the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        _write_all(fd, data)
-        sync.file(path, fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    os.replace(_write_aside(path, data, sync), path)
     sync.directory(path.parent)
 
 
@@ -115,13 +108,7 @@ def create_exclusive(path: Path, data: bytes, *, sync: Syncer = IMMEDIATE) -> bo
     """
     if path.exists():
         return False
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-    try:
-        _write_all(fd, data)
-        sync.file(path, fd)
-    finally:
-        os.close(fd)
+    tmp = _write_aside(path, data, sync)
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -161,6 +148,19 @@ def move(src: Path, dst: Path, *, sync: Syncer = IMMEDIATE) -> None:
     os.replace(src, dst)
     sync.directory(dst.parent)
     sync.directory(src.parent)
+
+
+def _write_aside(path: Path, data: bytes, sync: Syncer) -> Path:
+    """``data`` in a temporary file beside ``path`` (synced, or recorded for the group commit under
+    ``path``, the name it will have); returns the temporary file's path."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        _write_all(fd, data)
+        sync.file(path, fd)
+    finally:
+        os.close(fd)
+    return tmp
 
 
 def _write_all(fd: int, data: bytes) -> None:
