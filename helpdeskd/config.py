@@ -23,6 +23,7 @@ from email.utils import parseaddr
 from typing import Any, NamedTuple, TypeVar
 
 from helpdeskd.errors import ConfigError
+from helpdeskd.passwords import SOURCES
 from helpdeskd.settings import (
     LANGUAGES,
     SMTP_SECURITY,
@@ -46,7 +47,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 PROTOCOLS = ("maildir", "pop3", "pop3s")  # imap comes later; until then it is refused, not ignored
 POP3_PORTS = {"pop3": 110, "pop3s": 995}
 OVERSIZED = ("ticket", "reply")
-PASSWORD_SOURCES = ("password_file", "password_env", "password_credential")
+PASSWORD_SOURCES = SOURCES  # where a password may come from (helpdeskd.passwords)
 
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
@@ -644,7 +645,6 @@ def _parse_interval(value: Any) -> float | None:
 # --------------------------------------------------------------------------- [smtp], [autoreply]
 
 _DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
-_PASSWORD_SOURCES = ("password_file", "password_env", "password_credential")
 
 
 def _smtp(r: _Reader | None, base_dir: Path) -> Smtp | None:
@@ -683,11 +683,11 @@ def _smtp_login(r: _Reader, base_dir: Path, security: str) -> dict[str, Any]:
         "password_env": r.text("password_env", None),
         "password_credential": _credential_name(r),
     }
-    given = [k for k in _PASSWORD_SOURCES if r.has(k)]
+    given = [k for k in PASSWORD_SOURCES if r.has(k)]
     if len(given) > 1:
-        r.problem(given[1], f"give only one of {', '.join(_PASSWORD_SOURCES)}")
+        r.problem(given[1], f"give only one of {', '.join(PASSWORD_SOURCES)}")
     if r.has("user") and not given:
-        r.problem("user", f"a login needs a password: set one of {', '.join(_PASSWORD_SOURCES)}")
+        r.problem("user", f"a login needs a password: set one of {', '.join(PASSWORD_SOURCES)}")
     if given and not r.has("user"):
         r.problem(given[0], "a password without a user: set user too")
     if r.has("user") and security == "none":

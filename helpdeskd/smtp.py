@@ -19,9 +19,9 @@ import os
 import smtplib
 import ssl
 from collections.abc import Mapping
-from pathlib import Path
 
 from .errors import ConfigError, PermanentError, TransientError
+from .passwords import read_password
 from .settings import Smtp
 
 
@@ -35,26 +35,11 @@ def resolve_password(smtp: Smtp, environ: Mapping[str, str] = os.environ) -> str
     Raises ConfigError when the source is configured but unusable (missing variable, unreadable file,
     no ``$CREDENTIALS_DIRECTORY``). A trailing newline in a file is not part of the password.
     """
-    if smtp.password_env:
-        if smtp.password_env not in environ:
-            raise ConfigError([f"smtp.password_env: environment variable {smtp.password_env} is not set"])
-        return environ[smtp.password_env]
-    if smtp.password_credential:
-        directory = environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise ConfigError(["smtp.password_credential: $CREDENTIALS_DIRECTORY is not set "
-                               "(use LoadCredential= in the systemd unit)"])
-        return _read_secret(Path(directory) / smtp.password_credential, "smtp.password_credential")
-    if smtp.password_file:
-        return _read_secret(smtp.password_file, "smtp.password_file")
-    return None
-
-
-def _read_secret(path: Path, key: str) -> str:
     try:
-        return path.read_text(encoding="utf-8").rstrip("\r\n")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{key}: cannot read {path}: {exc}"]) from exc
+        return read_password(smtp.password_file, smtp.password_env, smtp.password_credential, what="smtp",
+                             environ=environ)
+    except PermanentError as exc:
+        raise ConfigError([str(exc)]) from exc
 
 
 def tls_context(smtp: Smtp) -> ssl.SSLContext:

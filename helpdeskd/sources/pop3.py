@@ -18,14 +18,13 @@ Contracts:
 
 from __future__ import annotations
 
-import os
 import poplib
 import socket
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import PermanentError, TransientError
+from ..passwords import read_password
 from ..settings import Pop3
 
 MAX_LINE = 1024 * 1024  # poplib's own limit (2,048 bytes) refuses real mail with long lines
@@ -41,36 +40,11 @@ class Listed:
     uid: str | None
 
 
-def read_password(cfg: Pop3) -> str:
-    """The password from the configured file, environment variable or systemd credential.
-
-    Read at every connection so a rotated secret is picked up without a reload. One trailing line
-    break is dropped (editors add one). Raises PermanentError naming the source when it is unusable.
-    """
-    if cfg.password_env:
-        value = os.environ.get(cfg.password_env)
-        if value is None:
-            raise PermanentError(f"password: environment variable {cfg.password_env} is not set")
-        return _one_line(value, f"environment variable {cfg.password_env}")
-    path = cfg.password_file or _credential_path(cfg.password_credential or "")
-    try:
-        return _one_line(path.read_text(encoding="utf-8"), str(path))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PermanentError(f"password: cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from exc
-
-
-def _credential_path(name: str) -> Path:
-    directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    if not directory:
-        raise PermanentError(f"password: credential {name!r} wanted but $CREDENTIALS_DIRECTORY is not set "
-                             "(LoadCredential= in the systemd unit)")
-    return Path(directory) / name
-
-
-def _one_line(value: str, where: str) -> str:
-    value = value.removesuffix("\n").removesuffix("\r")
-    if not value or "\n" in value or "\r" in value:
-        raise PermanentError(f"password: {where} must hold exactly one non-empty line")
+def password(cfg: Pop3) -> str:
+    """The login password (see :mod:`helpdeskd.passwords`); PermanentError names an unusable source."""
+    value = read_password(cfg.password_file, cfg.password_env, cfg.password_credential, what="mailbox")
+    if value is None:
+        raise PermanentError("mailbox: no password source configured")
     return value
 
 
@@ -234,13 +208,13 @@ class Pop3Session:
 def connect(cfg: Pop3) -> Pop3Session:
     """Connect, secure the channel as configured, log in. Raises Transient/PermanentError with the cause."""
     context = None if cfg.allow_plaintext and not cfg.implicit_tls else tls_context(cfg)
-    password = read_password(cfg)
+    secret = password(cfg)
     try:
         client = _Client(cfg, context)
     except (OSError, poplib.error_proto) as exc:
         raise _translate(exc, "connect") from exc
     try:
-        return _login(client, cfg, context, password)
+        return _login(client, cfg, context, secret)
     except BaseException:
         _close_quietly(client)
         raise
