@@ -25,7 +25,7 @@ from .commands import CC_VERBS, CUSTOMER_COMMANDS, ME_WORDS, STATUS_WORDS, Comma
 from .lang import choose_language
 from .loops import LOOP_HEADER, is_delivery_report, no_autoreply_reason, rate_limit_reason
 from .matching import (
-    is_our_message_id, our_references, plus_references, reported_references, tagged_ids, verify,
+    Reference, our_references, own_reference, plus_references, reported_references, tagged_ids, verify,
 )
 from .message import Message
 from .quotes import new_text
@@ -51,7 +51,8 @@ def wanted_ticket_ids(message: Message, config: Config) -> list[int]:
     """The ticket numbers the message points at (tokens first, then subject tags): load these."""
     hd = config.helpdesk
     refs = [*our_references(message, hd.message_id_domain), *plus_references(message, hd.address)]
-    ids = [ref.ticket_id for ref in refs] + tagged_ids(message.subject, hd.subject_tag)
+    own = own_reference(message.message_id, hd.message_id_domain)
+    ids = [ref.ticket_id for ref in refs] + tagged_ids(message.subject, hd.subject_tag) + ([own.ticket_id] if own else [])
     if is_delivery_report(message):
         ids += [ref.ticket_id for ref in reported_references(message, hd.message_id_domain)]
     return list(dict.fromkeys(ids))
@@ -86,10 +87,11 @@ def strip_imitations(message: Message) -> Message:
 def _decide(message: Message, view: View, config: Config) -> Decision:
     hd = config.helpdesk
     lang = choose_language(message, LANGUAGES, hd.default_language, hd.detect_language)
-    if is_our_message_id(message.message_id, hd.message_id_domain):
-        return Decision(Ignore("our own mail came back"), language=lang)
     if view.duplicate_of is not None:
         return Decision(Ignore(f"duplicate of a message already on ticket #{view.duplicate_of}"), language=lang)
+    own = own_reference(message.message_id, hd.message_id_domain)
+    if own is not None:
+        return _own_mail(own, view, lang)
     quiet = no_autoreply_reason(message, hd.address, hd.message_id_domain)
     bounced = _bounced_ticket(message, view, config)
     if bounced is not None:
@@ -103,6 +105,16 @@ def _decide(message: Message, view: View, config: Config) -> Decision:
     if not hd.allow_customer_tickets:
         return _refuse(Refuse("customers may not open tickets by mail", "customers_not_allowed"), lang, quiet)
     return _new_ticket(message, view, config, lang, quiet)
+
+
+def _own_mail(own: Reference, view: View, lang: str) -> Decision:
+    """Our own mail came back (an alias loop, a misrouted copy): recorded on its ticket as an internal
+    message with a note, never answered; ignored when it names no ticket we can verify."""
+    ticket = view.tickets.get(own.ticket_id)
+    if ticket is None or not verify(ticket.token, ticket.id, own.signature or ""):
+        return Decision(Ignore("our own mail came back"), language=lang)
+    note = "our own mail came back to the helpdesk; recorded here, not answered"
+    return Decision(FollowUp(ticket.id, "loop", internal=True), (), lang, (note,))
 
 
 def _bounced_ticket(message: Message, view: View, config: Config) -> Ticket | None:

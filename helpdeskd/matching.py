@@ -49,9 +49,12 @@ def our_references(message: Message, domain: str) -> list[Reference]:
     return found
 
 
-def is_our_message_id(message_id: str, domain: str) -> bool:
+def own_reference(message_id: str, domain: str) -> Reference | None:
+    """The ticket and signature in ``message_id`` when it is one of ours (our mail coming back)."""
     match = _OURS.match(message_id)
-    return bool(match and match.group(3).lower() == domain.lower())
+    if not match or match.group(3).lower() != domain.lower():
+        return None
+    return Reference(int(match.group(1)), match.group(2).lower())
 
 
 def tag_pattern(tag_format: str) -> re.Pattern[str]:

@@ -111,13 +111,6 @@ def test_bounce_with_a_forged_signature_does_not_join(svc):
     assert outcome.ticket != ticket_id and outcome.reply is None
 
 
-def test_our_own_mail_coming_back_is_not_answered(svc):
-    our_ack(svc)
-    [ack] = answers(svc)
-    outcome = file_safely(inbound(ack.data, "loop"), svc)
-    assert outcome.action == "ignored" and len(answers(svc)) == 1
-
-
 def test_out_of_office_reply_joins_without_answer_or_reopening(svc):
     ticket_id, mid = our_ack(svc)
     svc.store.save(svc.store.get(ticket_id).with_changes(status="closed"))
@@ -260,3 +253,15 @@ def test_parse_lists_message_ids_of_embedded_mail():
     raw = dsn("headers", "hd.1.0123456789abcdef.x@helpdesk.localhost")
     assert parse(raw).embedded_ids == ("hd.1.0123456789abcdef.x@helpdesk.localhost",)
     assert parse(dsn("message", "a@b.example")).embedded_ids == ("a@b.example",)
+
+
+def test_our_own_mail_coming_back_is_recorded_on_its_ticket_not_answered(svc):
+    ticket_id, _ = our_ack(svc)
+    [ack] = answers(svc)
+    outcome = file_safely(inbound(ack.data, "loop"), svc)  # e.g. an alias that forwards back to us
+    assert outcome.ticket == ticket_id and outcome.reply is None
+    assert svc.store.last_id() == 1 and len(answers(svc)) == 1
+    assert "our own mail came back" in notes(svc, ticket_id)[-1]
+    again = file_safely(inbound(ack.data.replace(b"MIME-Version", b"X-Relay: 2\r\nMIME-Version", 1), "loop2"), svc)
+    assert again.action == "ignored", again
+    assert svc.store.get(ticket_id).mail_count == 2
