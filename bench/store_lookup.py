@@ -42,11 +42,15 @@ Usage::
     .venv/bin/python bench/store_lookup.py            # 10^3 … 10^6, several minutes
     .venv/bin/python bench/store_lookup.py --quick    # 10^3 … 10^5
     .venv/bin/python bench/store_lookup.py --max 100000 --json out.json --dir /var/tmp
+
+A 10^6 run takes ~11 minutes to populate and measure, ~16 GiB and ~4.15 M inodes, and then some 20
+minutes to delete (see :func:`remove_store`); run it in the background.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import hashlib
 import json
@@ -316,7 +320,8 @@ def path_dirs(store: TicketStore, numbers: dict[str, dict[str, list[int]]]) -> d
 
 
 def _level_names(rel: Path) -> list[str]:
-    """``tickets/0/1`` → ["tickets/", "<shard>/", "<id>/"]; ``index/keys/ab/cd`` → [..., "<k[:2]>/", "<k[2:4]>/"]."""
+    """``tickets/0/1`` → ["tickets/", "<shard>/", "<id>/"];
+    ``index/keys/ab/cd`` → ["index/", "keys/", "<k[:2]>/", "<k[2:4]>/"]."""
     generic = {"tickets": ["tickets/", "<shard>/", "<id>/"],
                "index": ["index/", "{}/", "<h[:2]>/", "<h[2:4]>/"]}[rel.parts[0]]
     letter = "k" if rel.parts[1:2] == ("keys",) else "h"
@@ -364,7 +369,8 @@ def print_table(rows: list[Row], dirs: dict[int, dict[str, dict]], caches: dict[
     print("Entries in the directories on a looked-up path (sampled hits), per level: max (mean)")
     for stage, kinds in dirs.items():
         for kind, d in kinds.items():
-            levels = "  ".join(f"{name} {mx:,} ({mean:,.1f})" for name, mx, mean in zip(d["levels"], d["max"], d["mean"]))
+            levels = "  ".join(f"{name} {mx:,} ({mean:,.1f})"
+                               for name, mx, mean in zip(d["levels"], d["max"], d["mean"]))
             print(f"{stage:>9,} {kind:<6} {levels}  | largest path total {d['max_path_total']:,}")
     print()
     print("Page cache before each cold pass:")
@@ -393,6 +399,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-ratio", type=float, default=3.0, help="fail above this median ratio at the last stage")
     p.add_argument("--via-api", action="store_true", help="populate through TicketStore's write API (slow)")
     p.add_argument("--jobs", type=int, default=8, help="writer processes when populating (default 8)")
+    p.add_argument("--rm-jobs", type=int, default=32, help="processes deleting the store (default 32)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     p.add_argument("--keep", action="store_true", help="leave the store on disk")
     p.add_argument("--seed", type=int, default=1)
@@ -446,21 +453,44 @@ def main(argv: list[str] | None = None) -> int:
             print(f"store kept in {workdir}", file=sys.stderr)
         else:
             print("removing the store…", file=sys.stderr, flush=True)
-            remove_store(workdir, args.jobs)
+            remove_store(workdir, args.rm_jobs)
 
 
 def remove_store(workdir: Path, jobs: int) -> None:
-    """Delete the store, one shard or bucket per task: a serial rmtree of 10^6 tickets takes tens of minutes here."""
+    """Delete the store in ``jobs`` processes, one ticket shard or index leaf bucket per task.
+
+    Deleting is bound by I/O latency, not CPU: on a cold cache every unlink reads inode-table blocks,
+    and with the ``discard`` mount option of this machine's root file system (no journal) every freed
+    block waits for a synchronous discard. Measured at 10^6 tickets: a serial ``rmtree`` ~2.5-15 k
+    inodes/s at best, 8 processes over 1,513 folders ~600 inodes/s under load, 32 processes over
+    132,009 folders with children removed in inode order ~3,000 inodes/s.
+    """
     state = workdir / "state"
-    parts = [p for sub in ("tickets", "index/keys", "index/msgid") if (state / sub).is_dir()
-             for p in (state / sub).iterdir()]
+    parts = [p for p in (state / "tickets").iterdir()] if (state / "tickets").is_dir() else []
+    for index in ("index/keys", "index/msgid"):
+        if (state / index).is_dir():
+            parts += [leaf for top in (state / index).iterdir() for leaf in top.iterdir()]
     with multiprocessing.Pool(jobs) as pool:
-        pool.map(_rmtree_quietly, parts, chunksize=8)
-    _rmtree_quietly(workdir)
+        for _ in pool.imap_unordered(_rmtree_inode_order, parts, chunksize=4):
+            pass
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _rmtree_quietly(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def _rmtree_inode_order(path: Path) -> None:
+    """``rmtree``, each folder's children in inode order, so cold inode tables are read sequentially."""
+    try:
+        with os.scandir(path) as it:
+            entries = sorted(it, key=lambda e: e.inode())
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            _rmtree_inode_order(Path(entry.path))
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+    with contextlib.suppress(FileNotFoundError):
+        os.rmdir(path)
 
 
 def report(rows: list[Row], dirs: dict, caches: dict, usage: dict, args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
 """Commands people write to the helpdesk by mail, in Spanish or English.
 
 A command is a line ``#word [value]`` at the top of the message body (blank lines may precede it;
-the first ordinary line ends the command block), or a ``#word`` in the subject. Reading them is pure
+the first ordinary line ends the command block), or a ``#cerrar``/``#escalar`` word at the start of the
+subject (after reply prefixes and our tag, which :func:`helpdeskd.decide` removes). Reading them is pure
 text work; whether the sender may use one, and whether its value is valid, is decided in
 :mod:`helpdeskd.decide` against the config and the sender's role.
 """
@@ -85,10 +86,15 @@ def read_commands(subject: str, text: str) -> Commands:
 
 
 def _subject_commands(subject: str, seen: set[str]) -> list[Command]:
+    """Leading ``#close``/``#escalate`` words of ``subject`` (callers pass it without reply prefixes and
+    our tag). Only leading ones: a subject that merely mentions "#cerrar" is quoted in every reply."""
     found = []
-    for match in _SUBJECT_WORD.finditer(subject):
-        name = _BY_WORD.get(fold(match.group(1)))
-        if name in ("close", "escalate") and name not in seen:
+    for word in subject.split():
+        match = _SUBJECT_WORD.fullmatch(word)
+        name = _BY_WORD.get(fold(match.group(1))) if match else None
+        if name not in ("close", "escalate"):
+            break
+        if name not in seen:
             seen.add(name)
-            found.append(Command(name, "", match.group(0)))
+            found.append(Command(name, "", word))
     return found

@@ -25,7 +25,8 @@ from .commands import CC_VERBS, CUSTOMER_COMMANDS, ME_WORDS, STATUS_WORDS, Comma
 from .lang import choose_language
 from .loops import LOOP_HEADER, is_delivery_report, no_autoreply_reason, rate_limit_reason
 from .matching import (
-    Reference, our_references, own_reference, plus_references, reported_references, tagged_ids, verify,
+    Reference, our_references, own_reference, plus_references, reported_references, strip_reply_prefixes, tag_pattern,
+    tagged_ids, verify,
 )
 from .message import Message
 from .quotes import new_text
@@ -99,9 +100,9 @@ def _decide(message: Message, view: View, config: Config) -> Decision:
         return Decision(FollowUp(bounced.id, "report", internal=True), (), lang, (note,))
     if not hd.enabled:
         return _refuse(Refuse("the helpdesk is disabled", "disabled"), lang, quiet)
-    ticket, role = match_ticket(message, view, config)
-    if ticket is not None:
-        return _on_ticket(message, ticket, role, lang, quiet, config)
+    match = match_ticket(message, view, config)
+    if match is not None:
+        return _on_ticket(message, match, lang, quiet, config, view)
     if not hd.allow_customer_tickets:
         return _refuse(Refuse("customers may not open tickets by mail", "customers_not_allowed"), lang, quiet)
     return _new_ticket(message, view, config, lang, quiet)
@@ -143,21 +144,34 @@ def _within_limits(decision: Decision, message: Message, view: View, config: Con
 
 
 # -- matching ---------------------------------------------------------------------------------------
-def match_ticket(message: Message, view: View, config: Config) -> tuple[Ticket | None, str]:
-    """The ticket this message may join and the sender's role there, or (None, "")."""
+@dataclass(frozen=True)
+class Match:
+    """The ticket a message joins, the sender's role there, and whether it carried a token we issued."""
+
+    ticket: Ticket
+    role: str  # staff | requester | collaborator | guest (a token holder who is none of those)
+    proven: bool  # our signed Message-ID or reply address: required for staff powers and commands
+
+
+def match_ticket(message: Message, view: View, config: Config) -> Match | None:
+    """The ticket this message may join, or None (it then starts a new ticket).
+
+    A token we issued proves the message answers our mail for that ticket. Without one, a subject tag
+    or a threading header only lets the ticket's own people add text: a From header is easy to forge.
+    """
     hd = config.helpdesk
     sender = message.sender.addr if message.sender else ""
     tokens = [*our_references(message, hd.message_id_domain), *plus_references(message, hd.address)]
     for ref in tokens:
         ticket = view.tickets.get(ref.ticket_id)
         if ticket is not None and ref.signature and verify(ticket.token, ticket.id, ref.signature):
-            return ticket, role_of(sender, ticket, config) or "guest"
+            return Match(ticket, role_of(sender, ticket, config) or "guest", True)
     for ticket_id in [*tagged_ids(message.subject, hd.subject_tag), *view.thread_hints]:
         ticket = view.tickets.get(ticket_id)
         role = role_of(sender, ticket, config) if ticket is not None else ""
         if role:
-            return ticket, role
-    return None, ""
+            return Match(ticket, role, False)
+    return None
 
 
 def role_of(addr: str, ticket: Ticket, config: Config) -> str:
@@ -191,11 +205,18 @@ def _new_ticket(message: Message, view: View, config: Config, lang: str, quiet: 
 
 
 def _collaborators(message: Message, config: Config) -> tuple[str, ...]:
-    """Cc addresses that are people outside the helpdesk: not us, not staff, not the sender."""
-    ours = {config.helpdesk.address.lower()}
-    sender = message.sender.addr if message.sender else ""
-    found = [a.addr for a in message.cc if a.addr not in ours and a.addr != sender and not config.is_staff(a.addr)]
-    return tuple(dict.fromkeys(a for a in found if "@" in a and not _is_plus_of(a, config.helpdesk.address)))
+    """Cc addresses of the first message that become collaborators."""
+    return _collaborators_from([a.addr for a in message.cc], message.sender.addr if message.sender else "", config)
+
+
+def _collaborators_from(addrs, sender: str, config: Config) -> tuple[str, ...]:
+    """The addresses that are people outside the helpdesk: not us (nor our reply addresses), not staff,
+    not the sender, and ones we can write to."""
+    ours = config.helpdesk.address.lower()
+    return tuple(dict.fromkeys(
+        a for a in addrs
+        if "@" in a and a.isascii() and a not in (ours, sender) and not config.is_staff(a) and not _is_plus_of(a, ours)
+    ))
 
 
 def _is_plus_of(addr: str, base: str) -> bool:
@@ -210,29 +231,42 @@ def _refuse(action: Refuse, lang: str, quiet: str | None) -> Decision:
 
 
 # -- messages on an existing ticket -----------------------------------------------------------------
-def _on_ticket(message: Message, ticket: Ticket, role: str, lang: str, quiet: str | None,
-               config: Config) -> Decision:
-    commands = read_commands(message.subject, message.text)
+def own_subject(subject: str, tag_format: str) -> str:
+    """The subject without reply/forward prefixes and our tag: what the sender typed this time."""
+    return strip_reply_prefixes(tag_pattern(tag_format).sub(" ", strip_reply_prefixes(subject)))
+
+
+NEEDS_TOKEN = "commands are only taken from a reply to one of the helpdesk's messages (it carries the ticket's token)"
+NOT_RELAYED = ("not relayed: this staff mail carries no reply token; answer from the helpdesk's notification "
+               "so the customer can trust it")
+
+
+def _on_ticket(message: Message, match: Match, lang: str, quiet: str | None, config: Config,
+               view: View) -> Decision:
+    ticket, role = match.ticket, match.role
+    commands = read_commands(own_subject(message.subject, config.helpdesk.subject_tag), message.text)
     if quiet:  # an auto-reply or a bounce: record it, change and answer nothing
         note = (f"no automatic answer: {quiet}",)
         return Decision(FollowUp(ticket.id, role, internal=role == "staff"), (), lang, note)
+    if role == "staff" and not match.proven:  # a forged staff From must not speak to the customer
+        action = FollowUp(ticket.id, role, internal=True, errors=(NOT_RELAYED,))
+        return Decision(action, (Send("command_error", SENDER),), lang)
     if role == "staff":
         return _staff(ticket, commands, lang, config)
-    return _customer(message, ticket, role, commands, lang, config)
+    return _customer(message, match, commands, lang, config, view)
 
 
-def _customer(message: Message, ticket: Ticket, role: str, commands: Commands, lang: str,
-              config: Config) -> Decision:
-    hd = config.helpdesk
-    changes, errors, sends = _customer_commands(commands, role, message, ticket)
+def _customer(message: Message, match: Match, commands: Commands, lang: str, config: Config,
+              view: View) -> Decision:
+    hd, ticket, role = config.helpdesk, match.ticket, match.role
+    changes, errors, sends = _customer_commands(commands, match, config)
     if errors:
         return Decision(FollowUp(ticket.id, role, errors=errors), (Send("command_error", SENDER),), lang)
     closing = any(c.field == "status" for c in changes)
     reopen = False
     if ticket.status == Status.CLOSED and not closing:
         if hd.closed_reply == "new":
-            view = View(tickets={})
-            return _new_ticket(message, view, config, lang, None, linked=(ticket.id,))
+            return _new_ticket(message, replace(view, tickets={}), config, lang, None, linked=(ticket.id,))
         if hd.closed_reply == "refuse":
             return Decision(FollowUp(ticket.id, role), (Send("closed_reply", SENDER),), lang)
         reopen = True
@@ -244,9 +278,10 @@ def _customer(message: Message, ticket: Ticket, role: str, commands: Commands, l
     return Decision(FollowUp(ticket.id, role, reopen, tuple(changes)), tuple(sends), lang)
 
 
-def _customer_commands(commands: Commands, role: str, message: Message,
-                       ticket: Ticket) -> tuple[list[Change], tuple[str, ...], list[Send]]:
-    """Customers may close (requester), escalate (requester, collaborator) and manage Cc (requester).
+def _customer_commands(commands: Commands, match: Match,
+                       config: Config) -> tuple[list[Change], tuple[str, ...], list[Send]]:
+    """Customers may close (requester), escalate (requester, collaborator) and manage Cc (requester),
+    and only in a reply that carries our token.
 
     Unknown ``#words`` from customers are just text; a known command they may not use is an error.
     """
@@ -254,8 +289,11 @@ def _customer_commands(commands: Commands, role: str, message: Message,
     errors: list[str] = []
     sends: list[Send] = []
     for cmd in commands.commands:
-        if cmd.name not in CUSTOMER_COMMANDS or (cmd.name != "escalate" and role != "requester"):
+        allowed = ("requester", "collaborator") if cmd.name == "escalate" else ("requester",)
+        if cmd.name not in CUSTOMER_COMMANDS or match.role not in allowed:
             errors.append(f"{cmd.source}: only the helpdesk staff or the ticket's requester may do this")
+        elif not match.proven:
+            errors.append(f"{cmd.source}: {NEEDS_TOKEN}")
         elif cmd.name == "close":
             changes.append(Change("status", "closed"))
             sends.append(Send("closed", SENDER))
@@ -264,16 +302,18 @@ def _customer_commands(commands: Commands, role: str, message: Message,
             changes.append(Change("escalated", reason))
             sends += [Send("escalated", SENDER), Send("staff_escalation", ESCALATION, "notification")]
         else:
-            _cc(cmd, changes, errors, message)
+            _cc(cmd, changes, errors, config)
     return changes, tuple(errors), sends
 
 
-def _cc(cmd: Command, changes: list[Change], errors: list[str], message: Message) -> None:
+def _cc(cmd: Command, changes: list[Change], errors: list[str], config: Config) -> None:
     verb, _, addr = cmd.value.partition(" ")
     addr = addr.strip().strip("<>").lower()
     action = CC_VERBS.get(fold(verb))
-    if action is None or "@" not in addr or any(ch in addr for ch in " ,;\r\n"):
+    if action is None or "@" not in addr or any(ch in addr for ch in " ,;\r\n") or not addr.isascii():
         errors.append(f"{cmd.source}: write #cc add ADDRESS or #cc remove ADDRESS")
+    elif action == "add" and not _collaborators_from((addr,), "", config):
+        errors.append(f"{cmd.source}: {addr} is the helpdesk or its staff, not a collaborator")
     else:
         changes.append(Change(f"cc_{action}", addr))
 

@@ -254,3 +254,41 @@ def test_customer_reply_notifies_staff_with_its_new_text_only(svc):
     [notice] = mails(svc, to=STAFF, template="staff_followup")
     text = parse(notice.data).text
     assert "El error es 550." in text and "Hemos recibido su solicitud" not in text
+
+
+# -- forged From headers ------------------------------------------------------------------------------
+def test_forged_staff_from_with_a_tag_is_not_relayed_and_changes_nothing(svc):
+    tid, _ = open_ticket(svc)
+    forged = mail(subject=f"Re: [Soporte #{tid}] x", sender=f"María <{STAFF}>", message_id="<forged@evil.example>",
+                  body="#cerrar\nPague aquí: http://phish.example")
+    outcome = send(svc, forged)
+    assert outcome.ticket == tid and outcome.action == "rejected" and svc.store.get(tid).status == "new"
+    assert not mails(svc, to="ana@cliente.es", template="staff_answer")
+    assert all(b"phish.example" not in e.data for e in svc.outbox.entries() if e.envelope["to"] != [STAFF])
+    [told] = mails(svc, to=STAFF, template="command_error")  # the real staff member learns why
+    assert "not relayed" in parse(told.data).text
+    event = [e for e in svc.store.events(tid) if e["type"] == "message"][-1]
+    assert event["internal"] and event["role"] == "staff"
+
+
+def test_forged_requester_from_with_a_tag_adds_text_but_no_commands(svc):
+    tid, _ = open_ticket(svc)
+    forged = mail(subject=f"Re: [Soporte #{tid}] x", sender="ana@cliente.es", message_id="<forged2@evil.example>",
+                  body="#cc add spy@evil.example\nañadan a mi socio")
+    outcome = send(svc, forged)
+    assert outcome.action == "rejected" and svc.store.get(tid).collaborators == ()
+    plain = mail(subject=f"Re: [Soporte #{tid}] x", sender="ana@cliente.es", message_id="<plain@cliente.es>",
+                 body="Más datos sin órdenes.")
+    assert send(svc, plain).action == "followup"
+
+
+def test_a_subject_that_mentions_a_command_is_not_a_command_in_replies(svc):
+    tid, ack = open_ticket(svc, subject="El botón #cerrar del formulario no funciona")
+    send(svc, answer_to(ack, "Adjunto captura.", "ana@cliente.es"))
+    assert svc.store.get(tid).status == "new"
+
+
+def test_cc_command_refuses_our_own_addresses(svc):
+    tid, ack = open_ticket(svc)
+    outcome = send(svc, answer_to(ack, "#cc add support@helpdesk.localhost", "ana@cliente.es"))
+    assert outcome.action == "rejected" and svc.store.get(tid).collaborators == ()

@@ -99,10 +99,10 @@ def test_language_choice(config, raw, lang):
 
 def test_thread_hint_needs_the_requester(config):
     msg = parse(mail(subject="otra cosa", extra="In-Reply-To: <m0@cliente.es>"))
-    found, role = match_ticket(msg, View(tickets={7: ticket()}, thread_hints=(7,)), config)
-    assert (found.id, role) == (7, "requester")
+    found = match_ticket(msg, View(tickets={7: ticket()}, thread_hints=(7,)), config)
+    assert (found.ticket.id, found.role, found.proven) == (7, "requester", False)
     stranger = parse(mail(sender="eve@evil.example", extra="In-Reply-To: <m0@cliente.es>"))
-    assert match_ticket(stranger, View(tickets={7: ticket()}, thread_hints=(7,)), config) == (None, "")
+    assert match_ticket(stranger, View(tickets={7: ticket()}, thread_hints=(7,)), config) is None
 
 
 def test_wanted_ticket_ids_lists_references_then_tags(config):
