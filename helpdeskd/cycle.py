@@ -79,6 +79,8 @@ def file_message(inbound: Inbound, svc: Services, mailbox: Mailbox | None = None
         return Outcome("ignored", None, message.message_id, detail=decision.action.reason)
     claim = _claim(message, decision, svc)
     svc.store.write_claim(message.key, claim)
+    if claim.get("ticket"):  # known now: another copy of this Message-ID is a duplicate from here on
+        svc.store.index_message_id(message.message_id, claim["ticket"])
     return _apply(message, inbound, claim, svc, again=False)
 
 
@@ -123,10 +125,11 @@ def _apply(message: Message, inbound: Inbound, claim: dict, svc: Services, *, ag
     ticket = _create(claim, svc, inbound.source) if claim["action"] == "new" else svc.store.get(claim["ticket"])
     if ticket is None:
         raise LookupError(f"ticket #{claim['ticket']} recorded for this message no longer exists")
-    ticket, added = _file(ticket, message, inbound.raw, claim, svc)
+    words = own_words(message, claim)
+    ticket, added = _file(ticket, message, inbound.raw, claim, words, svc)
     for note in claim["notes"]:
         event_once(svc, ticket.id, {"type": "note", "ref": message.key, "text": note, "by": "helpdeskd"})
-    queued = queue_sends(svc, ticket, sends, _occasion(message, claim, ticket.escalated))
+    queued = queue_sends(svc, ticket, sends, _occasion(message, claim, words, ticket.escalated))
     action = _outcome_name(claim)
     if again and not added and not queued:
         action = "duplicate"
@@ -163,12 +166,14 @@ def _create(claim: dict, svc: Services, source: str) -> Ticket:
     return ticket
 
 
-def _file(ticket: Ticket, message: Message, raw: bytes, claim: dict, svc: Services) -> tuple[Ticket, bool]:
+def _file(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: str,
+          svc: Services) -> tuple[Ticket, bool]:
     """Store the raw mail, its history entry, the changes it brings, and the ticket's new state once."""
     if ticket.has_key(message.key):
+        svc.store.index_message_id(message.message_id, ticket.id)  # a crash may have come before it
         return ticket, False
     name = svc.store.store_mail(ticket, message.key, raw)
-    event_once(svc, ticket.id, _message_event(message, name, claim))
+    event_once(svc, ticket.id, _message_event(message, name, claim, words))
     by = message.sender.addr if message.sender else ""
     changes = [Change(f, v) for f, v in claim.get("changes", ())]
     if claim.get("reopen") and ticket.status == Status.CLOSED:
@@ -192,14 +197,14 @@ def own_words(message: Message, claim: dict) -> str:
     return new_text(read_commands(message.subject, message.text).rest)
 
 
-def _message_event(message: Message, file_name: str, claim: dict) -> dict:
+def _message_event(message: Message, file_name: str, claim: dict, words: str) -> dict:
     sender = message.sender
     return {
         "type": "message", "ref": message.key, "file": file_name, "direction": "in",
         "from": sender.addr if sender else "", "from_name": sender.name if sender else "",
         "role": claim.get("role", "requester"), "internal": bool(claim.get("internal")),
         "message_id": message.message_id, "subject": message.subject,
-        "text": message.text[:TEXT_IN_HISTORY], "new_text": own_words(message, claim)[:TEXT_IN_HISTORY],
+        "text": message.text[:TEXT_IN_HISTORY], "new_text": words[:TEXT_IN_HISTORY],
         "html_only": message.html, "errors": list(claim.get("errors", ())),
         "attachments": [{"filename": a.filename, "content_type": a.content_type, "size": a.size,
                          "storage_name": a.storage_name} for a in message.attachments],
@@ -207,11 +212,10 @@ def _message_event(message: Message, file_name: str, claim: dict) -> dict:
     }
 
 
-def _occasion(message: Message, claim: dict, escalated: str = "") -> Occasion:
+def _occasion(message: Message, claim: dict, words: str, escalated: str = "") -> Occasion:
     sender = message.sender
     addr, name = (sender.addr, sender.name) if sender else ("", "")
     changes = dict(claim.get("changes", ()))
-    words = own_words(message, claim)
     return Occasion(
         key=message.key, sender=addr, sender_name=name, language=claim["lang"],
         message={"from": addr, "from_name": name, "subject": message.subject, "text": words,
@@ -229,7 +233,7 @@ def _refuse(message: Message, inbound: Inbound, claim: dict, sends: list[Send], 
     queued = False
     reply = next((s.template for s in sends if s.to == "sender"), None)
     if reply:
-        occasion = _occasion(message, claim)
+        occasion = _occasion(message, claim, "")
         queued = queue_refusal(svc, reply, occasion, message.subject, claim["reason"], claim.get("code", ""))
     action = "duplicate" if again and kept and not queued else "refused"
     return Outcome(action, None, message.message_id, reply, claim["reason"])

@@ -197,16 +197,25 @@ def _file_batch(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, 
 
 def _file_locked(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, result: Pop3Result,
                  safe: list[tuple[Listed, str]]) -> None:
-    """File the batch under the write lock and one group commit: durable when this returns."""
-    with svc.write_lock(), svc.batch():
-        for item, raw in zip(batch.items, batch.raws):
-            if raw is None:
-                log.warning("pop3_retr_refused", mailbox=mailbox.name, uid=item.uid, number=item.number)
-                continue
-            upstream_id = item.uid or f"key:{parse(raw, svc.config.limits).key}"
-            if upstream_id not in ledger:  # only without UIDL can a filed message come back here
-                _file_one(Inbound(mailbox.name, upstream_id, raw), mailbox, svc, result)
-            safe.append((item, upstream_id))
+    """File the batch under the write lock and one group commit; ``safe`` learns of a message only once
+    the commit that made it durable has succeeded (the ledger and DELE trust that list)."""
+    filed: list[tuple[Listed, str]] = []
+    try:
+        with svc.write_lock(), svc.batch():
+            for item, raw in zip(batch.items, batch.raws):
+                if raw is None:
+                    log.warning("pop3_retr_refused", mailbox=mailbox.name, uid=item.uid, number=item.number)
+                    continue
+                upstream_id = item.uid or f"key:{parse(raw, svc.config.limits).key}"
+                if upstream_id not in ledger:  # only without UIDL can a filed message come back here
+                    _file_one(Inbound(mailbox.name, upstream_id, raw), mailbox, svc, result)
+                filed.append((item, upstream_id))
+    except TransientError:
+        safe.extend(filed)  # the commit still ran on the way out (Syncer.batch flushes in finally)
+        raise
+    except OSError as exc:  # the commit itself failed: nothing of this batch counts as durable
+        raise TransientError(f"storage failed: {exc}") from exc
+    safe.extend(filed)
 
 
 def _file_one(inbound: Inbound, mailbox: Mailbox, svc: Services, result: Pop3Result) -> Outcome:

@@ -55,10 +55,18 @@ def _report(message: Message) -> str | None:
     return None
 
 
+def can_write_to(addr: str) -> bool:
+    """An address we can put in a header and an envelope as is: one @, ASCII, no separators or quotes.
+
+    (Internationalised addresses would need SMTPUTF8 end to end; we record such mail without answering.)
+    """
+    return addr.isascii() and addr.count("@") == 1 and not any(ch in addr for ch in '\r\n<>,; "()[]\\')
+
+
 def _sender_reason(message: Message, our_address: str) -> str | None:
     if message.return_path == "":
         return "null return path (<>)"
-    if message.sender is None or "@" not in message.sender.addr:
+    if message.sender is None or not can_write_to(message.sender.addr):
         return "no usable From address"
     local = message.sender.addr.split("@", 1)[0]
     if local in _ROBOT_LOCALPARTS or local.endswith("-request") or local.startswith("owner-"):

@@ -82,7 +82,12 @@ def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occ
         context = context_for(ticket, svc.config, person.language, message=occasion.message, **occasion.extra)
         rendered = _with_tag(svc.templates.render(send.template, person.language, ticket.queue, context),
                              hd.subject_tag, ticket.id)
-        data = _compose(svc, rendered, ticket, send, person, mid, occasion)
+        try:
+            data = _compose(svc, rendered, ticket, send, person, mid, occasion)
+        except (ValueError, UnicodeError) as exc:  # one unwritable address must not stop the others
+            event_once(svc, ticket.id, {"type": "note", "ref": f"unsendable:{out_id}", "by": "helpdeskd",
+                                        "text": f"{send.template} not sent to {person.addr}: {exc}"})
+            return 0
         envelope = {"from": hd.address if send.kind == "relay" else "", "to": [person.addr], "ticket": ticket.id,
                     "template": send.template, "kind": send.kind, "message_id": mid}
         before_enqueue(svc, person.addr, out_id, send.kind)

@@ -17,7 +17,7 @@ from email.mime.text import MIMEText
 from email.policy import compat32
 from email.utils import format_datetime, formataddr
 
-from .loops import LOOP_HEADER
+from .loops import LOOP_HEADER, can_write_to
 
 LOOP_HEADER_NAME = LOOP_HEADER.title()  # X-Helpdeskd-Loop
 from .templates import Rendered
@@ -90,6 +90,6 @@ def _encoded(text: str) -> str | Header:
 
 
 def _address(name: str, addr: str) -> str:
-    if any(ch in addr for ch in "\r\n<>,; \"") or addr.count("@") != 1:
+    if not can_write_to(addr):
         raise ValueError(f"refusing an unusable address {addr!r}")
     return formataddr((one_line(name, 200), addr), charset="utf-8")

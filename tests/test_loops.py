@@ -265,3 +265,12 @@ def test_our_own_mail_coming_back_is_recorded_on_its_ticket_not_answered(svc):
     again = file_safely(inbound(ack.data.replace(b"MIME-Version", b"X-Relay: 2\r\nMIME-Version", 1), "loop2"), svc)
     assert again.action == "ignored", again
     assert svc.store.get(ticket_id).mail_count == 2
+
+
+@pytest.mark.parametrize("sender", ["ana@café.example", "josé@cliente.es", '"a b"@cliente.es'])
+def test_an_address_we_cannot_write_to_is_filed_without_an_answer(svc, sender):
+    outcome = file_safely(inbound(mail(sender=sender)), svc)
+    assert outcome.action == "new" and outcome.reply is None and list(svc.quarantine.items()) == []
+    assert answers(svc) == [] and "no usable From address" in notes(svc, outcome.ticket)[0]
+    notices = [e for e in svc.outbox.entries() if e.envelope["kind"] == "notification"]
+    assert notices == []  # quiet mail notifies nobody; staff see it in the ticket list

@@ -40,7 +40,11 @@ class MaildirSource:
         for entry in entries:
             if entry.name.startswith(".") or not entry.is_file():
                 continue
-            items.append(MaildirItem(entry.name, Path(entry.path), entry.stat().st_size))
+            try:
+                size = entry.stat().st_size
+            except FileNotFoundError:
+                continue  # taken by another reader meanwhile
+            items.append(MaildirItem(entry.name, Path(entry.path), size))
             if limit is not None and len(items) >= limit:
                 break
         return items
@@ -58,3 +62,5 @@ class MaildirSource:
             os.replace(item.path, self.path / "cur" / f"{item.name.split(':', 1)[0]}:2,S")
         except FileNotFoundError:
             pass
+        except OSError as exc:  # it stays in new/: filed again next time, a harmless duplicate
+            raise TransientError(f"maildir {self.path}: cannot move {item.name} to cur/: {exc}") from exc

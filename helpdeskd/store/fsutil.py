@@ -11,6 +11,7 @@ leaves the sources' copies in place, and filing them again repairs the store.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -39,25 +40,37 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+class _BatchState:
+    def __init__(self) -> None:
+        self.depth = 0
+        self.files: set[Path] = set()
+        self.dirs: set[Path] = set()
+
+
 class Syncer:
     """See the module docstring. ``enabled=False`` never fsyncs (bulk tools that can redo their work)."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled
-        self._depth = 0
-        self._files: set[Path] = set()
-        self._dirs: set[Path] = set()
+        self._local = threading.local()  # a batch belongs to the thread that opened it
+
+    @property
+    def _state(self) -> "_BatchState":
+        state = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = _BatchState()
+        return state
 
     @property
     def deferred(self) -> bool:
-        return self._depth > 0
+        return self._state.depth > 0
 
     def file(self, path: Path, fd: int) -> None:
         """``fd`` (open on ``path``) was written: fsync it now, or remember it for the group commit."""
         if not self.enabled:
             return
-        if self._depth:
-            self._files.add(path)
+        if self._state.depth:
+            self._state.files.add(path)
         else:
             os.fsync(fd)
 
@@ -65,25 +78,27 @@ class Syncer:
         """An entry in ``path`` was created or renamed."""
         if not self.enabled:
             return
-        if self._depth:
-            self._dirs.add(path)
+        if self._state.depth:
+            self._state.dirs.add(path)
         else:
             fsync_dir(path)
 
     @contextmanager
     def batch(self) -> Iterator["Syncer"]:
         """Group commit: everything written inside is durable when the block exits."""
-        self._depth += 1
+        state = self._state
+        state.depth += 1
         try:
             yield self
         finally:
-            self._depth -= 1
-            if self._depth == 0:  # also after an error: what was filed before it must be durable too,
+            state.depth -= 1
+            if state.depth == 0:  # also after an error: what was filed before it must be durable too,
                 self.flush()  # since callers record it as done (a POP3 ledger) on their way out
 
     def flush(self) -> None:
-        files, dirs = sorted(self._files), sorted(self._dirs)
-        self._files, self._dirs = set(), set()
+        state = self._state
+        files, dirs = sorted(state.files), sorted(state.dirs)
+        state.files, state.dirs = set(), set()
         if not files and not dirs:
             return
         with ThreadPoolExecutor(_FLUSH_THREADS) as pool:
@@ -143,17 +158,10 @@ def ensure_dir(path: Path, *, sync: Syncer = IMMEDIATE) -> Path:
     return path
 
 
-def move(src: Path, dst: Path, *, sync: Syncer = IMMEDIATE) -> None:
-    """Rename within the state directory, durably (both directories change)."""
-    os.replace(src, dst)
-    sync.directory(dst.parent)
-    sync.directory(src.parent)
-
-
 def _write_aside(path: Path, data: bytes, sync: Syncer) -> Path:
     """``data`` in a temporary file beside ``path`` (synced, or recorded for the group commit under
     ``path``, the name it will have); returns the temporary file's path."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer thread
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     try:
         _write_all(fd, data)

@@ -8,6 +8,7 @@ away (helpdesk disabled, customers may not submit). Each item is ``<key>.eml`` (
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,9 +40,20 @@ class Holding:
                      sync=self.sync)
 
     def adopt(self, item_id: str, path: Path, reason: str, source: str) -> None:
-        """Take over a file without reading it into memory (oversized mail): move it in, then record why."""
-        shutil.move(str(path), str(self.root / f"{item_id}.eml"))
-        self.sync.directory(self.root)
+        """Keep a copy of ``path`` without reading it into memory (oversized mail), then record why.
+
+        The source file stays where it is: the caller lets its source forget it after the commit.
+        A hard link when on the same file system, else a copy that is synced like any write.
+        """
+        target = self.root / f"{item_id}.eml"
+        if not target.exists():
+            try:
+                os.link(path, target)
+            except OSError:  # another file system (EXDEV), or links not allowed
+                shutil.copyfile(path, target)
+                with target.open("rb") as copied:
+                    self.sync.file(target, copied.fileno())
+            self.sync.directory(self.root)
         meta = {"id": item_id, "reason": reason, "source": source, "at": utcnow()}
         atomic_write(self.root / f"{item_id}.json", json.dumps(meta, ensure_ascii=False, indent=1).encode(),
                      sync=self.sync)

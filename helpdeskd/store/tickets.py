@@ -170,6 +170,8 @@ class TicketStore:
     def index_message_id(self, message_id: str, ticket_id: int) -> None:
         if not message_id:
             return
+        if self.find_by_message_id(message_id) == ticket_id:
+            return  # already there (filing indexes early, then again when it completes)
         path = self._msgid_path(message_id)
         ensure_dir(path.parent, sync=self.sync)
         atomic_write(path, f"{ticket_id}\n".encode(), sync=self.sync)
