@@ -73,7 +73,7 @@ def _smtp_summary(smtp) -> str:
 def cmd_run(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
     from .daemon import run_daemon  # asyncio machinery only for the daemon
 
-    return run_daemon(path, runtime)
+    return run_daemon(path, runtime, log_level=args.log_level)
 
 
 def cmd_once(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:

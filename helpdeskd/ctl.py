@@ -21,6 +21,7 @@ from .store.lock import WRITE, StateLock
 from .store.outbox import STATES, Outbox
 from .store.tickets import TicketStore, ticket_to_dict
 from .ticket import Ticket
+from .ctlstatus import add_parser as add_status_parser
 from .ctlwrite import add_parsers as add_write_parsers
 from .runtime import config_path
 from .templates import load_templates
@@ -28,6 +29,8 @@ from .templates import load_templates
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if getattr(args, "command_main", None):  # commands that must work without a valid config
+        return args.command_main(args)
     try:
         config = load_config(config_path(args.config))
     except ConfigError as exc:
@@ -278,6 +281,7 @@ def _parser() -> argparse.ArgumentParser:
     ref.add_argument("--json", action="store_true")
     ref.set_defaults(func=cmd_quarantine, folder="refused")
     add_write_parsers(sub)
+    add_status_parser(sub)
     return parser
 
 

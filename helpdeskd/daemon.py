@@ -1,14 +1,22 @@
-"""The long-running process: one asyncio loop supervising a poller per mailbox.
+"""The long-running process: one asyncio loop supervising a poller per mailbox, the sender and a heartbeat.
 
-Signal handlers only set flags; pollers look at them between messages. Filing runs in a worker
-thread (the store's I/O is blocking) under one lock, so there is a single writer at any time.
+Every task runs under :func:`helpdeskd.supervisor.supervise`: one that crashes is logged, shown in the
+status and restarted after a growing pause. Signal handlers only set flags; the loop acts on them
+between messages. Filing runs in worker threads (the store's I/O is blocking) under one asyncio lock,
+so there is a single writer at any time, and a reload or a stop takes that lock to act between messages.
 
-SIGTERM/SIGINT: stop taking new mail, let the message in hand finish, exit. A second one exits at
-once — still safe, because a message leaves its source only after it is durable.
-SIGHUP: reload the config and templates; a broken edit is refused and the old config keeps running.
+SIGHUP: load the config and compile the templates (:func:`helpdeskd.runtime.load`) off the loop. A
+broken edit is refused: the old config keeps running, the problems go to the log and the status. A
+good one is swapped in under the filing lock; mailboxes removed or changed stop after the message in
+hand (a POP3 session finishes its batch), then the added and changed ones start.
 
-Beside the pollers runs one sender task (:mod:`helpdeskd.sender`): it drains the outbox over SMTP when
-``[smtp]`` is configured, on its interval, when a retry falls due, and at once when a poll queued mail.
+SIGTERM/SIGINT: stop taking new mail, let the message in hand finish, let the sender finish the
+message it is sending, write the final status, exit — within :data:`STOP_DEADLINE`. A second signal
+exits at once: still safe, because a message leaves its source only after it is durable.
+
+systemd (:mod:`helpdeskd.sdnotify`): READY=1 once every task runs, RELOADING=1 … READY=1 around a
+reload, STOPPING=1, a one-line STATUS=, and WATCHDOG=1 from the heartbeat — which runs on the loop,
+so a hung loop stops the pings and systemd restarts the service.
 """
 
 from __future__ import annotations
@@ -16,34 +24,56 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
+from . import logs
 from .cycle import Services
 from .errors import ConfigError
-from .intake import poll_maildir, prepare
+from .gateway import Pop3Result
+from .health import Health, outbox_depth
+from .intake import PollResult, poll_maildir, prepare
 from .logs import get
-from .pollers import pop3_poller
+from .pollers import backoff_delay, pop3_poller
 from .runtime import Runtime, load
-from .sender import Sender
+from .sdnotify import Notifier
+from .sender import SendResult, Sender
 from .settings import Mailbox
 from .store.lock import DAEMON, StateLock
 from .store.outbox import Outbox
+from .supervisor import supervise
 
 log = get("daemon")
 
+STOP_DEADLINE = 20.0  # seconds from SIGTERM to exit; under the unit's TimeoutStopSec=30
+HEARTBEAT = 5.0  # the status file and STATUS= are refreshed at least this often
+COALESCE = 0.5  # at most two status writes a second, however busy the pollers are
+
 
 class Daemon:
-    def __init__(self, path: Path, runtime: Runtime) -> None:
+    def __init__(self, path: Path, runtime: Runtime, *, log_level: str | None = None,
+                 notifier: Notifier | None = None) -> None:
         self.path = path
         self.runtime = runtime
+        self.log_level = log_level  # --log-level wins over the config's level, across reloads too
         self.svc = Services.open(runtime.config, runtime.templates)
+        self.notifier = notifier or Notifier.from_environment()
+        self.health = Health(config=str(path))
         self.stopping = False
+        self._swapping = False  # a reload waits for the filing lock: pollers yield between messages
+        self._reload_wanted = False
+        self._sending = False  # the sender is inside a pass (a stop waits for it rather than cancel it)
         self._wake = asyncio.Event()
         self._filing = asyncio.Lock()
-        self._pollers: dict[str, tuple[Mailbox, asyncio.Task]] = {}
-        self._reload_wanted = False
         self._send_wake = asyncio.Event()  # set when a poll may have queued mail
+        self._dirty = asyncio.Event()  # the health changed: write the status file soon
+        self._pollers: dict[str, tuple[Mailbox, asyncio.Task]] = {}
         self._sender: asyncio.Task | None = None
+        self._heartbeat_task: asyncio.Task | None = None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.runtime.config.helpdesk.state_dir
 
     # -- signals: set flags, nothing else -------------------------------------------------------
     def _on_stop(self, signame: str) -> None:
@@ -58,71 +88,179 @@ class Daemon:
         self._reload_wanted = True
         self._wake.set()
 
-    # -- main loop ------------------------------------------------------------------------------
-    async def run(self) -> int:
+    def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_stop, sig.name)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload)
-        for mailbox in self.runtime.config.mailboxes:
-            prepare(mailbox)  # so mail can be dropped in as soon as "started" is logged
-        self._sync_pollers()
-        self._sender = asyncio.create_task(self._send_loop(), name="sender")
-        log.info("started", config=str(self.path), mailboxes=sorted(self._pollers), pid=os.getpid())
+
+    # -- life cycle -----------------------------------------------------------------------------
+    async def run(self) -> int:
+        """Start every task, announce readiness, serve signals until a stop, then drain. Returns the exit code."""
+        self._install_signals()
+        self._start_pollers(self.runtime.config.mailboxes)
+        self._sender = self._supervised("sender", self._send_loop, task="sender")
+        self._heartbeat_task = self._supervised("heartbeat", self._heartbeat, task="heartbeat")
+        self.health.state = "running"
+        self._save()
+        log.info("started", config=str(self.path), mailboxes=sorted(self._pollers), pid=os.getpid(),
+                 notify=self.notifier.enabled, watchdog_s=self.notifier.watchdog_seconds)
+        self.notifier.ready(self.health.summary())
+        await self._serve()
+        return await self._stop()
+
+    async def _serve(self) -> None:
         while not self.stopping:
             await self._wake.wait()
             self._wake.clear()
             if self._reload_wanted and not self.stopping:
                 self._reload_wanted = False
                 await self._reload()
-        await self._drain()
+
+    async def _stop(self) -> int:
+        """STOPPING=1, drain within the deadline, write the final status."""
+        self.notifier.stopping()
+        self.health.state = "stopping"
+        self._save()
+        drain = asyncio.create_task(self._drain(), name="drain")
+        done, _ = await asyncio.wait({drain}, timeout=STOP_DEADLINE)
+        self.health.state = "stopped"
+        self._save()
+        if not done:
+            log.error("stop_deadline_passed", seconds=STOP_DEADLINE)
+            # A worker thread is stuck on I/O and interpreter shutdown would wait for it. Exiting
+            # loses nothing: sources forget a message only once it is durable.
+            os._exit(1)
         log.info("stopped")
         return 0
 
+    async def _drain(self) -> None:
+        """Wait for the message in hand (the filing lock), cancel the pollers (a POP3 poller waits for its
+        session to end its batch), let the sender finish the message it is sending, stop the heartbeat."""
+        async with self._filing:
+            for _, task in self._pollers.values():
+                task.cancel()
+        await asyncio.gather(*(t for _, t in self._pollers.values()), return_exceptions=True)
+        await self._stop_sender()
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+
+    async def _stop_sender(self) -> None:
+        if self._sender is None:
+            return
+        if not self._sending:  # sleeping (between passes or after a crash): nothing in hand
+            self._sender.cancel()
+        self._send_wake.set()
+        await asyncio.gather(self._sender, return_exceptions=True)
+
+    def _supervised(self, name: str, run: Callable[[], Awaitable[None]], **fields: str) -> asyncio.Task:
+        record = self.health.mailbox(name) if "mailbox" in fields else self.health.task(name)
+        return asyncio.create_task(supervise(name, run, record, **fields), name=name)
+
+    # -- reload -----------------------------------------------------------------------------------
     async def _reload(self) -> None:
+        """Validate the new config and templates off the loop; swap them in, or keep the old and say why."""
+        self.notifier.reloading()
+        self.health.state = "reloading"
         try:
             runtime = await asyncio.to_thread(load, self.path)
+            self._check_reloadable(runtime)
         except ConfigError as exc:
-            log.error("reload_refused", problems=exc.problems, config=str(self.path))
-            return
-        async with self._filing:  # swap between messages; no poller is inside its worker thread now
-            self.runtime = runtime
-            self.svc = Services.open(runtime.config, runtime.templates)
-            self._sync_pollers()
+            log.error("reload_refused", config=str(self.path), problems=exc.problems)
+            self.health.reload_refused(exc.problems)
+        else:
+            await self._swap(runtime)
+            self.health.reloaded()
+            level = self.log_level or runtime.config.log_level
+            log.info("reloaded", config=str(self.path), mailboxes=sorted(self._pollers), log_level=level)
+            logs.setup(level)  # after the line above, so a reload to "warning" still says it happened
+        self.health.state = "running"
+        self._save()
+        self.notifier.ready(self.health.summary())
+
+    def _check_reloadable(self, runtime: Runtime) -> None:
+        """What a reload cannot change: the state directory holds our daemon.lock."""
+        new = runtime.config.helpdesk.state_dir
+        if new != self.state_dir:
+            raise ConfigError([f"helpdesk.state_dir: changing it ({self.state_dir} → {new}) needs a restart, "
+                               "not a reload"], source=str(self.path))
+
+    async def _swap(self, runtime: Runtime) -> None:
+        """Between messages: the new config in; pollers of removed and changed mailboxes stopped, then the
+        added and changed ones started — never two pollers on one mailbox at once."""
+        self._swapping = True
+        try:
+            async with self._filing:
+                self.runtime, self.svc = runtime, Services.open(runtime.config, runtime.templates)
+                ending = self._cancel_pollers(set(runtime.config.mailboxes))
+        finally:
+            self._swapping = False
+        await asyncio.gather(*ending, return_exceptions=True)  # a POP3 session finishes its batch first
+        self.health.keep_only({m.name for m in runtime.config.mailboxes})
+        if not self.stopping:
+            self._start_pollers(m for m in runtime.config.mailboxes if m.name not in self._pollers)
         self._send_wake.set()  # the [smtp] section may have changed
-        log.info("reloaded", config=str(self.path), mailboxes=sorted(self._pollers))
 
-    def _sync_pollers(self) -> None:
-        """Start added mailboxes, stop removed ones, restart changed ones.
-
-        Called with the filing lock held (or before any poller runs): cancelling a task is then
-        safe, because no task is inside a filing thread that cancellation could not stop.
-        """
-        wanted = {m.name: m for m in self.runtime.config.mailboxes}
+    def _cancel_pollers(self, wanted: set[Mailbox]) -> list[asyncio.Task]:
+        """Cancel the pollers whose mailbox is not in ``wanted`` (removed, or its settings changed)."""
+        ending = []
         for name, (mailbox, task) in list(self._pollers.items()):
-            if wanted.get(name) != mailbox:
+            if mailbox not in wanted:
                 task.cancel()
+                ending.append(task)
                 del self._pollers[name]
-        for name, mailbox in wanted.items():
-            if name not in self._pollers:
-                self._pollers[name] = (mailbox, asyncio.create_task(self._poll_loop(mailbox), name=name))
+        return ending
 
+    def _start_pollers(self, mailboxes: Iterable[Mailbox]) -> None:
+        for mailbox in mailboxes:
+            self.health.mailbox(mailbox.name, mailbox.protocol)
+            try:
+                prepare(mailbox)  # a Maildir's folders exist before READY, so mail can be dropped in
+            except OSError as exc:
+                log.warning("mailbox_not_prepared", mailbox=mailbox.name, error=str(exc))  # the poller reports it
+            task = self._supervised(mailbox.name, lambda m=mailbox: self._poll_loop(m), mailbox=mailbox.name)
+            self._pollers[mailbox.name] = (mailbox, task)
+
+    # -- pollers ----------------------------------------------------------------------------------
     async def _poll_loop(self, mailbox: Mailbox) -> None:
         if mailbox.pop3 is not None:  # network I/O in its own thread, outside the filing lock
-            return await pop3_poller(mailbox, lambda: self.svc, self._filing, lambda: self.stopping)
+            return await pop3_poller(mailbox, lambda: self.svc, self._filing, lambda: self.stopping,
+                                     self._pop3_report)
+        record = self.health.mailbox(mailbox.name)
         while not self.stopping:
-            async with self._filing:
-                if self.stopping:
-                    break
-                svc = self.svc
-                result = await asyncio.to_thread(poll_maildir, mailbox, svc, lambda: self.stopping)
-            if result.counts:
-                log.info("poll_done", mailbox=mailbox.name, **result.counts)
-                self._send_wake.set()
-            await asyncio.sleep(mailbox.interval_seconds)
+            result = await self._poll_maildir(mailbox)
+            if result is None:
+                return
+            record.polled(result.counts, result.error)
+            self._polled(mailbox, result)
+            await asyncio.sleep(backoff_delay(mailbox, record.failures))
 
+    async def _poll_maildir(self, mailbox: Mailbox) -> PollResult | None:
+        """One poll under the filing lock; None when the daemon is stopping."""
+        async with self._filing:
+            if self.stopping:
+                return None
+            return await asyncio.to_thread(poll_maildir, mailbox, self.svc, self._should_yield)
+
+    def _should_yield(self) -> bool:
+        """Asked by filing threads between messages: stop here for a stop or a waiting reload."""
+        return self.stopping or self._swapping
+
+    def _pop3_report(self, mailbox: Mailbox, result: Pop3Result) -> None:
+        self.health.mailbox(mailbox.name).polled(result.counts, result.error, result.permanent)
+        self._polled(mailbox, result)
+
+    def _polled(self, mailbox: Mailbox, result: PollResult) -> None:
+        if result.counts and mailbox.pop3 is None:
+            log.info("poll_done", mailbox=mailbox.name, **result.counts)
+        if result.counts:
+            self._send_wake.set()
+        if result.counts or result.error:
+            self._dirty.set()
+
+    # -- sender -----------------------------------------------------------------------------------
     async def _send_loop(self) -> None:
-        """Supervised: a pass that fails unexpectedly is logged and retried later, never ends the task."""
         while not self.stopping:
             wait = await self._send_pass()
             try:
@@ -136,31 +274,58 @@ class Daemon:
         smtp = self.runtime.config.smtp
         if smtp is None:
             return None  # outbox only; a reload that adds [smtp] wakes us
-        sender = Sender(Outbox(self.runtime.config.helpdesk.state_dir), smtp)
+        sender = Sender(Outbox(self.state_dir), smtp)
+        self._sending = True
         try:
             result = await asyncio.to_thread(sender.run_once, lambda: self.stopping)
-        except Exception:  # noqa: BLE001 - the task's supervisor: log it, keep the daemon sending
-            log.exception("sender_failed")
-            return smtp.retry_first_seconds
-        if result.sent or result.deferred or result.failed:
-            log.info("send_done", sent=result.sent, deferred=result.deferred, failed=result.failed)
+        finally:
+            self._sending = False
+        self._sent(result)
         return min(smtp.interval_seconds, result.next_due_in or smtp.interval_seconds)
 
-    async def _drain(self) -> None:
-        """Wait for the message in hand (the filing lock), then cancel the sleeping pollers; the sender
-        finishes the message it is sending (bounded by the SMTP timeout) and stops."""
-        async with self._filing:
-            for _, task in self._pollers.values():
-                task.cancel()
-        await asyncio.gather(*(t for _, t in self._pollers.values()), return_exceptions=True)
-        if self._sender is not None:
-            self._send_wake.set()
-            await asyncio.gather(self._sender, return_exceptions=True)
+    def _sent(self, result: SendResult) -> None:
+        """Log and record a pass that did something; the sender is failing when nothing got through."""
+        if not (result.sent or result.deferred or result.failed):
+            return
+        log.info("send_done", sent=result.sent, deferred=result.deferred, failed=result.failed)
+        error = result.errors[-1] if result.deferred and not result.sent else None
+        counts = {"sent": result.sent, "deferred": result.deferred, "failed": result.failed}
+        self.health.task("sender").polled(counts, error)
+        self._dirty.set()
+
+    # -- health -----------------------------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        """Watchdog ping, outbox depth, status file and STATUS= — each tick, or soon after a change."""
+        watchdog = self.notifier.watchdog_seconds
+        tick = HEARTBEAT if watchdog is None else min(HEARTBEAT, watchdog / 4)
+        line, record = "", self.health.task("heartbeat")
+        while True:
+            self.notifier.watchdog()
+            self.health.outbox = await asyncio.to_thread(outbox_depth, self.state_dir)
+            record.polled({}, None)  # a beat: also clears a crash recorded before the restart
+            self._save()
+            if self.health.summary() != line:
+                line = self.health.summary()
+                self.notifier.status(line)
+            await asyncio.sleep(min(COALESCE, tick))
+            try:
+                await asyncio.wait_for(self._dirty.wait(), tick)
+            except TimeoutError:
+                pass
+            self._dirty.clear()
+
+    def _save(self) -> None:
+        """Rewrite the status file (small, not fsynced); a failure is logged, never fatal."""
+        try:
+            self.health.write(self.state_dir)
+        except OSError as exc:
+            log.warning("status_not_written", error=str(exc))
 
 
-def run_daemon(path: Path, runtime: Runtime) -> int:
+def run_daemon(path: Path, runtime: Runtime, log_level: str | None = None) -> int:
+    """Take the state directory's daemon lock (or raise StoreLocked) and run until stopped."""
     lock = StateLock(runtime.config.helpdesk.state_dir, DAEMON).acquire()
     try:
-        return asyncio.run(Daemon(path, runtime).run())
+        return asyncio.run(Daemon(path, runtime, log_level=log_level).run())
     finally:
         lock.release()

@@ -9,39 +9,38 @@ filing, and the asyncio loop never waits on a socket.
 Filing is serialised by the daemon's asyncio lock. The session thread holds it only while a batch
 is being filed — never during network I/O — so one slow server does not stall other mailboxes.
 
-Trouble (refused, timeout, TLS, authentication): one log line with the cause, the mailbox's status
-file says so, and the next attempt waits twice as long as the last, up to ``backoff_max``. The first
-successful session resets it.
+Trouble (refused, timeout, TLS, authentication): one log line with the cause, the daemon's status
+says so (through the ``report`` callback), and the next attempt waits twice as long as the last, up
+to ``backoff_max``. The first successful session resets it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import TypeVar
 
 from .cycle import Services
 from .gateway import Pop3Result, poll_pop3
 from .logs import get
 from .settings import Mailbox
-from .store.fsutil import Syncer, atomic_write, ensure_dir
 
 log = get("pop3")
 T = TypeVar("T")
+Report = Callable[[Mailbox, Pop3Result], None]  # the daemon's record of each session (its status)
+MAILDIR_BACKOFF_MAX = 300.0  # a Maildir has no backoff_max key; its failures (disk, permissions) back off to this
 
 
 def backoff_delay(mailbox: Mailbox, failures: int) -> float:
-    """Seconds before the next attempt after ``failures`` failed sessions in a row (0: the interval)."""
-    cap = max(mailbox.pop3.backoff_max_seconds, mailbox.interval_seconds)  # type: ignore[union-attr]
+    """Seconds before the next attempt after ``failures`` failed polls in a row (0: the interval)."""
+    most = mailbox.pop3.backoff_max_seconds if mailbox.pop3 is not None else MAILDIR_BACKOFF_MAX
+    cap = max(most, mailbox.interval_seconds)
     return min(mailbox.interval_seconds * 2 ** min(failures, 32), cap)
 
 
 async def pop3_poller(mailbox: Mailbox, services: Callable[[], Services], filing: asyncio.Lock,
-                      stopping: Callable[[], bool]) -> None:
+                      stopping: Callable[[], bool], report: Report = lambda _m, _r: None) -> None:
     """Poll ``mailbox`` until ``stopping()``; survive every failure with back-off.
 
     Cancellation (reload, shutdown) asks the session to stop between batches and waits for it, so
@@ -59,32 +58,19 @@ async def pop3_poller(mailbox: Mailbox, services: Callable[[], Services], filing
             await asyncio.wait([future])
             raise
         failures = 0 if result.error is None else failures + 1
-        _report(mailbox, svc, result, failures)
+        _log(mailbox, result, failures)
+        report(mailbox, result)
         if not result.more or result.error is not None:
             await asyncio.sleep(backoff_delay(mailbox, failures))
 
 
-def _report(mailbox: Mailbox, svc: Services, result: Pop3Result, failures: int) -> None:
-    """One log line per session that did something or failed; the status file either way."""
+def _log(mailbox: Mailbox, result: Pop3Result, failures: int) -> None:
+    """One log line per session that did something or failed."""
     if result.error is not None:
         log.warning("pop3_failed", mailbox=mailbox.name, error=result.error, failures=failures,
                     retry_in=backoff_delay(mailbox, failures), needs_admin=result.permanent)
     elif result.counts:
         log.info("poll_done", mailbox=mailbox.name, **result.counts)
-    write_status(svc.config.helpdesk.state_dir, mailbox.name, result, failures)
-
-
-NO_SYNC = Syncer(enabled=False)  # the status file is informative: rewritten every poll, never fsynced
-
-
-def write_status(state_dir: Path, name: str, result: Pop3Result, failures: int) -> None:
-    """``state/status/<mailbox>.json``: last poll, ok or failing with the cause (read it with cat or jq)."""
-    status = {"mailbox": name, "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-              "ok": result.error is None, "error": result.error, "failures": failures, "counts": result.counts}
-    try:
-        atomic_write(ensure_dir(state_dir / "status") / f"{name}.json", json.dumps(status).encode(), sync=NO_SYNC)
-    except OSError as exc:  # status is informative only; never let it stop intake
-        log.warning("status_not_written", mailbox=name, error=str(exc))
 
 
 def _loop_locked(loop: asyncio.AbstractEventLoop, lock: asyncio.Lock) -> Callable[[Callable[[], T]], T]:

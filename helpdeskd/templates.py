@@ -48,7 +48,10 @@ class Templates:
     def __init__(self, directory: Path, default_language: str) -> None:
         self.directory = directory
         self.default_language = default_language
-        loader = jinja2.FileSystemLoader(str(directory))
+        # Every file is read once, here: the running templates are a snapshot, so an edit on disk
+        # (even a broken one) changes nothing until a reload has validated it.
+        self._sources, self._unreadable = _snapshot(directory)
+        loader = jinja2.DictLoader(self._sources)
         common = dict(loader=loader, undefined=jinja2.StrictUndefined, auto_reload=False, keep_trailing_newline=True)
         self._plain = jinja2.Environment(autoescape=False, **common)
         self._html = jinja2.Environment(autoescape=True, **common)
@@ -106,19 +109,30 @@ class Templates:
         return problems
 
     def _compile_all(self) -> list[str]:
-        problems = []
         if not self.directory.is_dir():
             return [f"templates directory {self.directory} does not exist"]
-        for path in sorted(self.directory.rglob("*")):
-            if path.suffix.lstrip(".") not in PARTS or not path.is_file():
-                continue
-            rel = path.relative_to(self.directory).as_posix()
-            env = self._html if path.suffix == ".html" else self._plain
+        problems = list(self._unreadable)
+        for rel in sorted(self._sources):
+            env = self._html if rel.endswith(".html") else self._plain
             try:
                 env.get_template(rel)
             except jinja2.TemplateSyntaxError as exc:
                 problems.append(f"template {rel}, line {exc.lineno}: {exc.message}")
         return problems
+
+
+def _snapshot(directory: Path) -> tuple[dict[str, str], list[str]]:
+    """Every template file under ``directory`` by relative name, and the problems of those unreadable."""
+    sources: dict[str, str] = {}
+    problems: list[str] = []
+    paths = sorted(directory.rglob("*")) if directory.is_dir() else []
+    for path in (p for p in paths if p.suffix.lstrip(".") in PARTS and p.is_file()):
+        rel = path.relative_to(directory).as_posix()
+        try:
+            sources[rel] = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(f"template {rel}: cannot be read: {exc}")
+    return sources, problems
 
 
 def load_templates(config: Config) -> Templates:

@@ -384,5 +384,6 @@ def test_two_mailboxes_file_to_their_queues_while_a_third_is_down(dovecot, tmp_p
     failures = logged(log, "pop3_failed")
     assert {f["mailbox"] for f in failures} == {"dead"} and failures[0]["error"] == "connection refused (connect)"
     assert [f["failures"] for f in failures[:3]] == [1, 2, 3]
-    status = json.loads((tmp_path / "state" / "status" / "dead.json").read_text())
-    assert not status["ok"] and status["error"] == "connection refused (connect)"
+    status = json.loads((tmp_path / "state" / "status" / "daemon.json").read_text())["mailboxes"]
+    assert status["dead"]["last_error"] == "connection refused (connect)" and status["dead"]["failures"] >= 3
+    assert status["tech"]["last_error"] is None and status["tech"]["counts"]["new"] == 3

@@ -1,0 +1,99 @@
+"""``helpdeskctl status``: the running daemon's health, for a person or for a monitoring check.
+
+It reads what the daemon writes (``state/status/daemon.json``, see :mod:`helpdeskd.health`) and
+counts the outbox itself. Exit status, in the monitoring-plugin convention: 0 all is well, 1 something
+needs attention (a failing mailbox, a refused reload, a crashed task, dead letters), 2 the daemon is
+not running, seems hung, or the state directory cannot be found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import load_config
+from .errors import ConfigError
+from .health import FILED, IGNORED, age_seconds, attention, daemon_down, outbox_depth, read_status, total
+from .runtime import config_path
+from .store.holding import Holding
+
+EXIT_OK, EXIT_ATTENTION, EXIT_DOWN = 0, 1, 2
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    status = sub.add_parser("status", help="the daemon's health; exit 1 when something needs attention, "
+                            "2 when it is not running")
+    status.add_argument("--json", action="store_true")
+    status.add_argument("--state-dir", type=Path, help="read the status from this state directory (works "
+                        "even when the config file is broken)")
+    status.set_defaults(func=None, command_main=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Runs before (and without needing) a valid config: a broken config is one more thing to report."""
+    state_dir, config_problems = _locate(args)
+    if state_dir is None:
+        for line in config_problems:
+            print(f"helpdeskctl: {line}", file=sys.stderr)
+        return EXIT_DOWN
+    status, outbox = read_status(state_dir), outbox_depth(state_dir)
+    problems = config_problems + attention(status, outbox)
+    code = EXIT_DOWN if daemon_down(status) else EXIT_ATTENTION if problems else EXIT_OK
+    if args.json:
+        json.dump({"status": status, "outbox": outbox, "attention": problems, "exit": code}, sys.stdout,
+                  ensure_ascii=False, indent=1)
+        print()
+    else:
+        _show(status or {}, outbox, len(list(Holding(state_dir, "quarantine").items())), problems)
+    return code
+
+
+def _locate(args: argparse.Namespace) -> tuple[Path | None, list[str]]:
+    """The state directory (from --state-dir, else the config), and the config's problems if it is broken."""
+    path = config_path(args.config)
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        problems = [f"configuration {exc.source} is invalid: {'; '.join(exc.problems)}"]
+        return args.state_dir, problems if args.state_dir else problems + ["give --state-dir to see the status"]
+    return args.state_dir or config.helpdesk.state_dir, []
+
+
+def _show(status: dict, outbox: dict[str, int], quarantined: int, problems: list[str]) -> None:
+    age = age_seconds(status.get("updated"))
+    print(f"daemon: {status.get('state', 'unknown')}, pid {status.get('pid')}, started {status.get('started')}"
+          + (f" (status written {age:.0f} s ago)" if age is not None else ""))
+    print(f"config: {status.get('config')}, loaded {status.get('config_loaded')}")
+    if status.get("reload_failed"):
+        print(f"last reload refused at {status['reload_failed'].get('at')}:")
+        for line in status["reload_failed"].get("problems", []):
+            print(f"  {line}")
+    for name, box in sorted(status.get("mailboxes", {}).items()):
+        _show_mailbox(name, box)
+    for name, task in sorted(status.get("tasks", {}).items()):
+        if task.get("counts") or task.get("last_error") or task.get("restarts"):
+            _show_task(name, task)
+    print(f"outbox: {outbox.get('new', 0)} waiting, {outbox.get('failed', 0)} dead letter(s);"
+          f" quarantine: {quarantined} message(s)")
+    print("attention:" if problems else "all well")
+    for line in problems:
+        print(f"  - {line}")
+
+
+def _show_mailbox(name: str, box: dict) -> None:
+    counts = box.get("counts", {})
+    print(f"mailbox {name} ({box.get('protocol')}): last poll {box.get('last_poll') or 'never'}, "
+          f"last good poll {box.get('last_ok') or 'never'}")
+    print(f"  filed {total(counts, FILED)}, ignored {total(counts, IGNORED)}, "
+          f"quarantined {counts.get('quarantined', 0)}, refused {counts.get('refused', 0)} (since start)"
+          + (f", task restarts {box['restarts']}" if box.get("restarts") else ""))
+    if box.get("last_error"):
+        print(f"  FAILING ({box.get('failures')} in a row, last at {box.get('last_error_at')}): {box['last_error']}")
+
+
+def _show_task(name: str, task: dict) -> None:
+    counts = ", ".join(f"{n} {k}" for k, n in sorted(task.get("counts", {}).items()))
+    print(f"{name}: {counts or 'idle'}" + (f", restarts {task['restarts']}" if task.get("restarts") else "")
+          + (f"; last error: {task['last_error']}" if task.get("last_error") else ""))
