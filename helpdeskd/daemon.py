@@ -98,7 +98,7 @@ class Daemon:
         Called with the filing lock held (or before any poller runs): cancelling a task is then
         safe, because no task is inside a filing thread that cancellation could not stop.
         """
-        wanted = {m.name: m for m in self.runtime.config.mailboxes}
+        wanted = {m.name: m for m in self.runtime.config.intake_mailboxes()}  # none while the gateway is off
         for name, (mailbox, task) in list(self._pollers.items()):
             if wanted.get(name) != mailbox:
                 task.cancel()
