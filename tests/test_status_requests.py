@@ -67,8 +67,7 @@ def test_nothing_outside_the_senders_scope_ever_appears_in_the_answer(world, sco
     [answer] = sent(svc, "status_list", to=addr)
     assert tags(answer.text) == {ids[k] for k in VISIBLE[scope]}
     hidden = set(SENDERS) - VISIBLE[scope]
-    assert not [k for k in hidden if f"Problema de {k}\n" in answer.text or SENDERS[k] in answer.text.replace(
-        f"to {addr}", "")]
+    assert not [k for k in hidden if f"Problema de {k}\n" in answer.text or SENDERS[k] in answer.text]
 
 
 @pytest.mark.parametrize("header", [
@@ -201,43 +200,15 @@ def test_authentication_results_parsing():
     assert parse_auth_results("") == ("", ())
 
 
-@pytest.mark.parametrize("header,expected", [
-    ("mx.t; dkim=pass header.d=example.com", "dkim"),
-    ("mx.t; dkim=pass header.d=example.com", "dkim"),
-    ("mx.t; dkim=pass header.d=mail.example.com", None),  # a subdomain's key does not cover the parent
-    ("mx.t; spf=pass smtp.mailfrom=bounces@example.com", "spf"),
-    ("mx.t; dkim=fail header.d=example.com; spf=fail smtp.mailfrom=example.com", None),
-    ("mx.t; dmarc=pass", "dmarc"),
+@pytest.mark.parametrize("sender,header,expected", [
+    ("ana@example.com", "mx.t; dkim=pass header.d=example.com", "dkim"),
+    ("ana@sub.example.com", "mx.t; dkim=pass header.d=example.com", "dkim"),  # relaxed: a parent's key
+    ("ana@sub.example.com", "mx.t; dkim=pass header.d=mail.example.com", None),  # a sibling's key does not
+    ("ana@example.com", "mx.t; spf=pass smtp.mailfrom=bounces@example.com", "spf"),
+    ("ana@example.com", "mx.t; dkim=fail header.d=example.com; spf=fail smtp.mailfrom=example.com", None),
+    ("ana@example.com", "mx.t; dmarc=pass", "dmarc"),
+    ("ana@example.com", "mx.t; dmarc=fail; dkim=pass header.d=example.com", None),  # DMARC's verdict stands
 ])
-def test_alignment(header, expected):
-    message = parse(mail(sender="ana@sub.example.com" if "mail." in header else "ana@example.com",
-                         extra=f"Authentication-Results: {header}"))
+def test_alignment(sender, header, expected):
+    message = parse(mail(sender=sender, extra=f"Authentication-Results: {header}"))
     assert proven_by(message, ("mx.t",)) == expected
-
-
-def test_the_rate_limits_apply_to_status_answers(tmp_path):
-    svc = services(tmp_path, autoreply={"per_recipient": 1})
-    addr = SENDERS["uno-user"]
-    assert send(svc, request(addr)).action == "confirm"
-    outcome = send(svc, request(addr))
-    assert outcome.action == "confirm" and outcome.reply is None and "rate limit" in outcome.detail
-    assert len(sent(svc, "status_confirm")) == 1
-
-
-@pytest.mark.parametrize("name", ["status_list", "status_confirm"])
-def test_the_template_check_renders_the_status_templates(tmp_path, name):
-    import shutil
-
-    from helpdeskd.errors import ConfigError
-    from helpdeskd.templates import load_templates
-
-    from conftest import ROOT
-
-    shutil.copytree(ROOT / "templates", tmp_path / "tpl")
-    (tmp_path / "tpl" / "en" / f"{name}.txt").write_text("{{ tickets.nope }}\n")
-    config = services(tmp_path).config
-    config = config.__class__(**{**config.__dict__, "helpdesk": config.helpdesk.__class__(
-        **{**config.helpdesk.__dict__, "templates_dir": tmp_path / "tpl"})})
-    with pytest.raises(ConfigError) as caught:
-        load_templates(config)
-    assert any(name in p for p in caught.value.problems)
