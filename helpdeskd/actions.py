@@ -38,6 +38,9 @@ class NewTicket:
     category: str
     collaborators: tuple[str, ...] = ()
     linked: tuple[int, ...] = ()  # the closed ticket this message answered, when it started a new one
+    role: str = ""  # the submitter's role and what they belong to, fixed at filing time (scopes.Origin)
+    domain: str = ""
+    reseller: str = ""
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,37 @@ class Refuse:
     code: str = ""
 
 
-Action = NewTicket | FollowUp | Ignore | Refuse
+@dataclass(frozen=True)
+class Hold:
+    """Kept in ``held/`` for an admin to release (``helpdeskctl held release``); nobody is answered."""
+
+    reason: str
+    code: str = ""
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """"My tickets": send ``addr`` the tickets ``scope`` may see (``proven_by`` says how we know it is them).
+
+    ``code`` is the one-time confirmation code that proved it (used up when applied), or "".
+    """
+
+    addr: str
+    scope: str  # str(scopes.Scope)
+    proven_by: str  # "dmarc", "dkim", "spf" (trusted Authentication-Results) or "code"
+    code: str = ""
+
+
+@dataclass(frozen=True)
+class ConfirmIdentity:
+    """A status request from an unproven sender: mail a one-time code to the From address (the real
+    owner of the address receives it, whoever wrote). ``reason_code``: "" | "expired" | "used"."""
+
+    addr: str
+    reason_code: str = ""
+
+
+Action = NewTicket | FollowUp | Ignore | Refuse | Hold | StatusReport | ConfirmIdentity
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ def cmd_check_config(args: argparse.Namespace, path: Path, runtime: Runtime) -> 
         f"helpdeskd: configuration {path} is valid: {len(c.queues)} queues, {len(c.priorities)} priorities, "
         f"{len(c.categories)} categories, {len(c.mailboxes)} mailboxes, templates in {c.helpdesk.templates_dir}"
         + ("" if c.helpdesk.enabled else " (helpdesk disabled)")
+        + ("" if c.mail_gateway.enabled else " (mail gateway disabled: no mailbox is polled)")
     )
     print(_smtp_summary(c.smtp))
     return EX_OK
@@ -81,7 +82,9 @@ def cmd_once(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
     with StateLock(runtime.config.helpdesk.state_dir, DAEMON).acquire():
         svc = Services.open(runtime.config, runtime.templates)
         failed = False
-        for mailbox in runtime.config.mailboxes:
+        if not runtime.config.mail_gateway.enabled:
+            print("mail gateway disabled ([mail_gateway] enabled = false): no mailbox polled")
+        for mailbox in runtime.config.intake_mailboxes():
             result = poll_maildir(mailbox, svc) if mailbox.pop3 is None else poll_pop3_fully(mailbox, svc)
             failed |= result.error is not None
             print(f"{mailbox.name}: " + (", ".join(f"{n} {k}" for k, n in sorted(result.counts.items())) or "no mail")
@@ -106,7 +109,15 @@ def cmd_send_once(args: argparse.Namespace, path: Path, runtime: Runtime) -> int
 
 
 def cmd_deliver(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
-    """One message on stdin (an MTA pipe). 0 when filed (or kept), 75 when the MTA should retry."""
+    """One message on stdin (an MTA pipe). 0 when filed (or kept), 75 when the MTA should retry.
+
+    With the mail gateway off, nothing is read and the answer is 75: the MTA keeps the message in
+    its queue and retries, so switching intake back on (within the MTA's queue lifetime) loses nothing.
+    """
+    if not runtime.config.mail_gateway.enabled:
+        print("helpdeskd: mail gateway disabled ([mail_gateway] enabled = false): not accepted now, "
+              "the MTA keeps the message and retries", file=sys.stderr)
+        return EX_TEMPFAIL
     limit = runtime.config.limits.max_message_bytes
     raw = sys.stdin.buffer.read(limit + 1)
     if len(raw) > limit:

@@ -24,6 +24,7 @@ from .ticket import Ticket
 from .ctlstatus import add_parser as add_status_parser
 from .ctlwrite import add_parsers as add_write_parsers
 from .runtime import config_path
+from .scopes import ADMIN, Scope, parse_scope, visible
 from .templates import load_templates
 
 
@@ -38,13 +39,28 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return 1
+    scope = parse_scope(args.scope_text or "admin", config.access)
+    if isinstance(scope, str):
+        print(f"helpdeskctl: --as {scope}", file=sys.stderr)
+        return 2
+    if getattr(args, "admin_only", False) and scope != ADMIN:
+        # Held, refused, quarantined and outgoing mail belong to no ticket a scope could own.
+        print(f"helpdeskctl {args.command}: only the admin may look at this (not --as {scope})", file=sys.stderr)
+        return 1
+    args.scope = scope
     return args.func(args, config)
+
+
+def in_scope(args: argparse.Namespace, config: Config, ticket: Ticket | None) -> Ticket | None:
+    """``ticket`` if the command's scope may see it, else None: outside a scope, a ticket does not exist."""
+    scope: Scope = getattr(args, "scope", ADMIN)
+    return ticket if ticket is not None and visible(scope, ticket, config.access) else None
 
 
 # -- list -------------------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace, config: Config) -> int:
     store = TicketStore(config.helpdesk.state_dir)
-    tickets = [t for t in store.iter_tickets() if _wanted(t, args)]
+    tickets = [t for t in store.iter_tickets() if in_scope(args, config, t) and _wanted(t, args)]
     tickets.sort(key=lambda t: (config.priority_rank(t.priority), t.created, t.id))
     if args.json:
         json.dump([ticket_to_dict(t) | {"token": None} for t in tickets], sys.stdout, ensure_ascii=False, indent=1)
@@ -87,8 +103,8 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 # -- show -------------------------------------------------------------------------------------------
 def cmd_show(args: argparse.Namespace, config: Config) -> int:
     store = TicketStore(config.helpdesk.state_dir)
-    ticket = store.get(args.ticket)
-    if ticket is None:
+    ticket = in_scope(args, config, store.get(args.ticket))
+    if ticket is None:  # the same answer whether it does not exist or is outside the scope
         print(f"helpdeskctl: no ticket #{args.ticket}", file=sys.stderr)
         return 1
     events = store.events(ticket.id)
@@ -221,6 +237,37 @@ def cmd_quarantine(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def cmd_held(args: argparse.Namespace, config: Config) -> int:
+    """``held``: new tickets held for an admin (unknown senders); ``held release ID`` files one."""
+    if args.action == "release":
+        return cmd_held_release(args, config)
+    return cmd_quarantine(args, config)
+
+
+def cmd_held_release(args: argparse.Namespace, config: Config) -> int:
+    """File a held message as a new ticket (the unknown-sender policy waived); it leaves held/ once filed."""
+    holding = Holding(config.helpdesk.state_dir, "held")
+    if not args.item or not holding.has(args.item):
+        print(f"helpdeskctl: no message {args.item!r} in held/", file=sys.stderr)
+        return 1
+    name, _, upstream_id = next((i.source for i in holding.items() if i.id == args.item), ":").partition(":")
+    mailbox = next((m for m in config.mailboxes if m.name == name), None)
+    try:
+        svc = Services.open(config, load_templates(config))
+        with svc.write_lock():
+            with svc.batch():  # the ticket is durable before the held copy goes
+                outcome = file_safely(Inbound(name or "held", upstream_id or args.item, holding.raw(args.item)),
+                                      svc, mailbox, released=True)
+            if outcome.action not in ("quarantined", "held"):
+                holding.remove(args.item)
+    except (TransientError, ConfigError, OSError) as exc:
+        print(f"helpdeskctl: not filed, still held: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.item}: {outcome.action}" + (f" ticket #{outcome.ticket}" if outcome.ticket else "")
+          + (f" ({outcome.detail})" if outcome.action != "new" and outcome.detail else ""))
+    return 0 if outcome.action not in ("quarantined", "held") else 1
+
+
 def cmd_quarantine_retry(args: argparse.Namespace, config: Config) -> int:
     """File one quarantined message again (after a fix); it leaves quarantine only once it is filed."""
     holding = Holding(config.helpdesk.state_dir, "quarantine")
@@ -280,7 +327,17 @@ def _parser() -> argparse.ArgumentParser:
     ref = sub.add_parser("refused", help="mail refused by policy (helpdesk disabled, ...), kept with the reason")
     ref.add_argument("--json", action="store_true")
     ref.set_defaults(func=cmd_quarantine, folder="refused")
+    held = sub.add_parser("held", help="new tickets held for an admin (unknown senders), with the reason")
+    held.add_argument("--json", action="store_true")
+    held.add_argument("action", nargs="?", choices=["release"], help="release ID: file it as a new ticket")
+    held.add_argument("item", nargs="?", metavar="ID", help="the held id (first column of the listing)")
+    held.set_defaults(func=cmd_held, folder="held")
+    for admin_only in (out, quar, ref, held):
+        admin_only.set_defaults(admin_only=True)
     add_write_parsers(sub)
+    for command in sub.choices.values():  # on every command, not before it: "helpdeskctl list --as ..."
+        command.add_argument("--as", dest="scope_text", metavar="SCOPE",
+                             help="act as admin (default), reseller:NAME, domain:DOMAIN or user:ADDRESS")
     add_status_parser(sub)
     return parser
 

@@ -66,7 +66,8 @@ def cmd_write(args: argparse.Namespace, config: Config) -> int:
         runtime = load(config.source_path)
         svc = Services.open(runtime.config, runtime.templates)
         with svc.write_lock(), svc.batch():
-            ticket, queued = act(svc, args.ticket, args.build(args, text), args.author.lower(), args.name)
+            ticket, queued = act(svc, args.ticket, args.build(args, text), args.author.lower(), args.name,
+                                 scope=args.scope)
     except (PermanentError, ConfigError, StoreLocked) as exc:
         print(f"helpdeskctl {args.command}: {exc}", file=sys.stderr)
         return 1

@@ -15,16 +15,18 @@ import hashlib
 import secrets
 from dataclasses import asdict, dataclass
 
-from .actions import Change, Decision, FollowUp, Ignore, NewTicket, Refuse, Send
+from .actions import Change, ConfirmIdentity, Decision, FollowUp, Hold, Ignore, NewTicket, Refuse, Send, StatusReport
 from .commands import read_commands
 from .decide import View, decide, recipients_of_interest, strip_imitations, wanted_ticket_ids
 from .errors import TransientError
+from .identity import code_candidates, code_key
 from .mailout import Occasion, queue_refusal, queue_sends
 from .message import Inbound, Message
 from .parse import parse
 from .quotes import new_text
 from .services import Services, event_once
 from .settings import Mailbox
+from .statusops import apply_status, status_claim
 from .ticket import Requester, Status, Ticket
 from .ticketops import apply_changes
 
@@ -36,20 +38,22 @@ __all__ = ["Outcome", "Services", "file_message", "file_safely", "gather_view", 
 @dataclass(frozen=True)
 class Outcome:
     action: str  # new | followup | reopened | staff_answer | note | rejected | duplicate | ignored | refused | quarantined
+    #              | held | status (the list of tickets sent) | confirm (a confirmation code sent)
     ticket: int | None
     message_id: str
     reply: str | None = None
     detail: str = ""
 
 
-def file_safely(inbound: Inbound, svc: Services, mailbox: Mailbox | None = None) -> Outcome:
+def file_safely(inbound: Inbound, svc: Services, mailbox: Mailbox | None = None, *,
+                released: bool = False) -> Outcome:
     """File one message; anything that goes wrong except a transient failure lands it in quarantine.
 
     This is the one catch-all of the pipeline. A TransientError (disk full, lock busy) propagates:
     the source then keeps the message and offers it again later.
     """
     try:
-        return file_message(inbound, svc, mailbox)
+        return file_message(inbound, svc, mailbox, released=released)
     except TransientError:
         raise
     except OSError as exc:
@@ -68,13 +72,18 @@ def quarantine(inbound: Inbound, svc: Services, reason: str) -> Outcome:
     return Outcome("quarantined", None, "", detail=f"{reason} (quarantine id {item_id})")
 
 
-def file_message(inbound: Inbound, svc: Services, mailbox: Mailbox | None = None) -> Outcome:
-    """Parse, decide (once) and apply. Idempotent for the same bytes."""
+def file_message(inbound: Inbound, svc: Services, mailbox: Mailbox | None = None, *,
+                 released: bool = False) -> Outcome:
+    """Parse, decide (once) and apply. Idempotent for the same bytes.
+
+    ``released``: an admin let this message out of ``held/``; its "held" decision is replaced by a
+    new one that skips the unknown-sender policy (any other recorded decision still stands).
+    """
     message = strip_imitations(parse(inbound.raw, svc.config.limits))
     claim = svc.store.read_claim(message.key)
-    if claim is not None:
+    if claim is not None and not (released and claim["action"] == "held"):
         return _apply(message, inbound, claim, svc, again=True)
-    decision = decide(message, gather_view(message, svc, mailbox), svc.config)
+    decision = decide(message, gather_view(message, svc, mailbox, released), svc.config)
     if isinstance(decision.action, Ignore):
         return Outcome("ignored", None, message.message_id, detail=decision.action.reason)
     claim = _claim(message, decision, svc)
@@ -84,15 +93,23 @@ def file_message(inbound: Inbound, svc: Services, mailbox: Mailbox | None = None
     return _apply(message, inbound, claim, svc, again=False)
 
 
-def gather_view(message: Message, svc: Services, mailbox: Mailbox | None) -> View:
-    """Load the tickets the message refers to, and what the Message-ID index knows about it."""
+def gather_view(message: Message, svc: Services, mailbox: Mailbox | None, released: bool = False) -> View:
+    """Load the tickets the message refers to, what the Message-ID index knows about it, and the
+    confirmation codes it quotes ("my tickets" by email)."""
     store = svc.store
     hints = [t for t in (store.find_by_message_id(m) for m in (*message.in_reply_to, *message.references)) if t]
     wanted = dict.fromkeys([*wanted_ticket_ids(message, svc.config), *hints])
     tickets = {tid: t for tid in wanted if (t := store.get(tid)) is not None}
     duplicate_of = store.find_by_message_id(message.message_id)
     sent_to, sent_in_all = _recent_autoreplies(recipients_of_interest(message, tickets), svc)
-    return View(tickets, tuple(dict.fromkeys(hints)), duplicate_of, mailbox, sent_to, sent_in_all)
+    return View(tickets, tuple(dict.fromkeys(hints)), duplicate_of, mailbox, sent_to, sent_in_all,
+                confirmations=_quoted_codes(message, svc), now=svc.clock().timestamp(), released=released)
+
+
+def _quoted_codes(message: Message, svc: Services) -> dict:
+    """The stored confirmation codes among the code-shaped words of the message, by code_key."""
+    keys = (code_key(code) for code in code_candidates(message))
+    return {key: found for key in keys if (found := svc.confirmations.get(key)) is not None}
 
 
 def _recent_autoreplies(addrs: list[str], svc: Services) -> tuple[dict[str, int], int]:
@@ -115,6 +132,10 @@ def _claim(message: Message, decision: Decision, svc: Services) -> dict:
                      internal=action.internal, errors=list(action.errors))
     elif isinstance(action, Refuse):
         claim.update(action="refused", ticket=None, reason=action.reason, code=action.code)
+    elif isinstance(action, Hold):
+        claim.update(action="held", ticket=None, reason=action.reason, code=action.code)
+    elif isinstance(action, (StatusReport, ConfirmIdentity)):
+        claim.update(status_claim(action, svc))
     return claim
 
 
@@ -122,6 +143,12 @@ def _apply(message: Message, inbound: Inbound, claim: dict, svc: Services, *, ag
     sends = [Send(*s) for s in claim.get("sends", ())]
     if claim["action"] == "refused":
         return _refuse(message, inbound, claim, sends, svc, again)
+    if claim["action"] == "held":
+        return _hold(message, inbound, claim, svc, again)
+    if claim["action"] in ("status", "confirm"):
+        reply, queued, detail = apply_status(message, claim, svc)
+        action = "duplicate" if again and not queued else claim["action"]
+        return Outcome(action, None, message.message_id, reply, "; ".join([detail, *claim["notes"]]))
     ticket = _create(claim, svc, inbound.source) if claim["action"] == "new" else svc.store.get(claim["ticket"])
     if ticket is None:
         raise LookupError(f"ticket #{claim['ticket']} recorded for this message no longer exists")
@@ -158,6 +185,7 @@ def _create(claim: dict, svc: Services, source: str) -> Ticket:
         priority=new["priority"], category=new["category"], requester=Requester(**new["requester"]),
         created=now, updated=now, token=claim["token"], source=source,
         collaborators=tuple(new.get("collaborators", ())), linked=tuple(new.get("linked", ())),
+        origin_role=new.get("role", ""), origin_domain=new.get("domain", ""), origin_reseller=new.get("reseller", ""),
     )
     # Saved by _file together with its first message: one metadata write instead of two.
     event_once(svc, ticket.id, {"type": "created", "ref": "created", "queue": ticket.queue,
@@ -237,4 +265,13 @@ def _refuse(message: Message, inbound: Inbound, claim: dict, sends: list[Send], 
         queued = queue_refusal(svc, reply, occasion, message.subject, claim["reason"], claim.get("code", ""))
     action = "duplicate" if again and kept and not queued else "refused"
     return Outcome(action, None, message.message_id, reply, claim["reason"])
+
+
+def _hold(message: Message, inbound: Inbound, claim: dict, svc: Services, again: bool) -> Outcome:
+    """Keep the message in held/ for an admin (``helpdeskctl held``); nobody is answered."""
+    kept = svc.held.has(message.key)
+    if not kept:
+        svc.held.put(message.key, inbound.raw, claim["reason"], f"{inbound.source}:{inbound.upstream_id}")
+    action = "duplicate" if again and kept else "held"
+    return Outcome(action, None, message.message_id, None, claim["reason"])
 

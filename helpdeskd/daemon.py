@@ -98,7 +98,7 @@ class Daemon:
     async def run(self) -> int:
         """Start every task, announce readiness, serve signals until a stop, then drain. Returns the exit code."""
         self._install_signals()
-        self._start_pollers(self.runtime.config.mailboxes)
+        self._start_pollers(self.runtime.config.intake_mailboxes())  # none while the gateway is off
         self._sender = self._supervised("sender", self._send_loop, task="sender")
         self._heartbeat_task = self._supervised("heartbeat", self._heartbeat, task="heartbeat")
         self.health.state = "running"
@@ -193,13 +193,13 @@ class Daemon:
         try:
             async with self._filing:
                 self.runtime, self.svc = runtime, Services.open(runtime.config, runtime.templates)
-                ending = self._cancel_pollers(set(runtime.config.mailboxes))
+                ending = self._cancel_pollers(set(runtime.config.intake_mailboxes()))
         finally:
             self._swapping = False
         await asyncio.gather(*ending, return_exceptions=True)  # a POP3 session finishes its batch first
-        self.health.keep_only({m.name for m in runtime.config.mailboxes})
+        self.health.keep_only({m.name for m in runtime.config.intake_mailboxes()})
         if not self.stopping:
-            self._start_pollers(m for m in runtime.config.mailboxes if m.name not in self._pollers)
+            self._start_pollers(m for m in runtime.config.intake_mailboxes() if m.name not in self._pollers)
         self._send_wake.set()  # the [smtp] section may have changed
 
     def _cancel_pollers(self, wanted: set[Mailbox]) -> list[asyncio.Task]:

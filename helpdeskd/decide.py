@@ -11,6 +11,11 @@ its sender is the ticket's requester, a collaborator, or staff of its queue AND 
 Loop safety: whether to answer at all is RFC 3834 (:mod:`helpdeskd.loops`) and then the rate limits,
 whose counts the cycle gathers into the View (``sent_to``, ``sent_in_all``) so this stays pure and a
 suppression is part of the recorded decision (a note on the ticket), made once per message.
+
+Who may open a ticket (roles, allowed and denied domains, unknown senders) is
+:func:`helpdeskd.scopes.submission_refusal`; a new ticket records its sender's role, domain and
+reseller. A status request ("my tickets") is not a submission: :func:`helpdeskd.identity.status_decision`
+answers it, with the list only for a proven sender (the codes it quotes are gathered into the View).
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from .actions import (
-    ESCALATION, PARTICIPANTS, SENDER, STAFF, Change, Decision, FollowUp, Ignore, NewTicket, Refuse, Send,
+    ESCALATION, PARTICIPANTS, SENDER, STAFF, Change, Decision, FollowUp, Hold, Ignore, NewTicket, Refuse, Send,
 )
 from .commands import CC_VERBS, CUSTOMER_COMMANDS, ME_WORDS, STATUS_WORDS, Command, Commands, fold, read_commands
+from .identity import Confirmation, status_decision
 from .lang import choose_language
 from .loops import LOOP_HEADER, is_delivery_report, no_autoreply_reason, rate_limit_reason
 from .matching import (
@@ -30,6 +36,7 @@ from .matching import (
 )
 from .message import Message
 from .quotes import new_text
+from .scopes import Origin, classify, submission_refusal
 from .settings import LANGUAGES, Config, Mailbox
 from .ticket import Requester, Status, Ticket
 
@@ -46,6 +53,9 @@ class View:
     mailbox: Mailbox | None = None  # the intake it came through (per-mailbox defaults)
     sent_to: Mapping[str, int] = field(default_factory=dict)  # automatic messages per address, in its window
     sent_in_all: int = 0  # automatic messages to anyone within the global window
+    confirmations: Mapping[str, Confirmation] = field(default_factory=dict)  # codes it quotes, by code_key
+    now: float = 0.0  # epoch seconds, for the codes' expiry
+    released: bool = False  # an admin released it from held/: the unknown-sender policy is settled
 
 
 def wanted_ticket_ids(message: Message, config: Config) -> list[int]:
@@ -103,9 +113,24 @@ def _decide(message: Message, view: View, config: Config) -> Decision:
     match = match_ticket(message, view, config)
     if match is not None:
         return _on_ticket(message, match, lang, quiet, config, view)
-    if not hd.allow_customer_tickets:
-        return _refuse(Refuse("customers may not open tickets by mail", "customers_not_allowed"), lang, quiet)
-    return _new_ticket(message, view, config, lang, quiet)
+    status = status_decision(message, config, view.confirmations, view.now, lang, quiet)
+    if status is not None:  # "my tickets": not a submission, so the submission policy does not apply
+        return status
+    return _submission(message, view, config, lang, quiet)
+
+
+def _submission(message: Message, view: View, config: Config, lang: str, quiet: str | None) -> Decision:
+    """A new ticket, unless the submission policy refuses or holds it (see scopes.submission_refusal)."""
+    addr = message.sender.addr if message.sender else ""
+    origin = classify(addr, config.access)
+    refusal = submission_refusal(origin, addr, config.access, config.helpdesk.allow_customer_tickets,
+                                 view.released)
+    if refusal is None:
+        return _new_ticket(message, view, config, lang, quiet, origin=origin)
+    verdict, code, reason = refusal
+    if verdict == "hold":
+        return Decision(Hold(reason, code), (), lang)
+    return _refuse(Refuse(reason, code), lang, quiet)
 
 
 def _own_mail(own: Reference, view: View, lang: str) -> Decision:
@@ -187,14 +212,16 @@ def role_of(addr: str, ticket: Ticket, config: Config) -> str:
 
 # -- new tickets and refusals -----------------------------------------------------------------------
 def _new_ticket(message: Message, view: View, config: Config, lang: str, quiet: str | None,
-                linked: tuple[int, ...] = ()) -> Decision:
+                linked: tuple[int, ...] = (), origin: Origin | None = None) -> Decision:
     hd, box, sender = config.helpdesk, view.mailbox, message.sender
     requester = Requester(sender.addr if sender else (message.return_path or ""), sender.name if sender else "", lang)
+    origin = origin or classify(requester.addr, config.access)
     action = NewTicket(
         subject=message.subject.strip(), requester=requester,
         queue=(box and box.queue) or hd.default_queue, priority=(box and box.priority) or hd.default_priority,
         category=(box and box.category) or hd.default_category,
         collaborators=_collaborators(message, config) if hd.cc_collaborators else (), linked=linked,
+        role=origin.role, domain=origin.domain, reseller=origin.reseller,
     )
     if quiet:
         return Decision(action, (), lang, (f"no automatic answer: {quiet}",))

@@ -136,12 +136,18 @@ def _with_tag(rendered: Rendered, tag_format: str, ticket_id: int) -> Rendered:
 
 def queue_refusal(svc: Services, template: str, occasion: Occasion, subject: str, reason: str, code: str) -> bool:
     """The answer to mail that did not become a ticket (no ticket to record it on). True if queued now."""
+    lang = occasion.language
+    return queue_ticketless(svc, template, occasion, refusal_context(svc.config, lang, subject, reason, code))
+
+
+def queue_ticketless(svc: Services, template: str, occasion: Occasion, context: dict) -> bool:
+    """An automatic answer to the sender that belongs to no ticket (a refusal, "my tickets", a
+    confirmation code), rendered with ``context``; queued once per occasion. True if queued now."""
     out_id = hashlib.sha256(f"{occasion.key}:{template}".encode()).hexdigest()[:24]
     if not occasion.sender or svc.outbox.state_of(out_id) is not None:
         return False
     hd = svc.config.helpdesk
-    lang = occasion.language
-    rendered = svc.templates.render(template, lang, None, refusal_context(svc.config, lang, subject, reason, code))
+    rendered = svc.templates.render(template, occasion.language, None, context)
     mid = make_message_id(0, "refused", out_id, hd.message_id_domain)
     data = compose(
         rendered, from_name=hd.name, from_addr=hd.address, to_name=occasion.sender_name, to_addr=occasion.sender,

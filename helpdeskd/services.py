@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 from .settings import Config
 from .store.fsutil import Syncer
+from .store.confirmations import Confirmations
 from .store.holding import Holding
 from .store.lock import WRITE, StateLock
 from .store.outbox import Outbox
@@ -27,10 +28,17 @@ class Services:
     templates: Templates
     clock: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
     sent: SentLog | None = None  # automatic messages queued recently (rate limits); made from state_dir
+    held: Holding | None = None  # new tickets held for an admin (unknown senders); made from state_dir
+    confirmations: Confirmations | None = None  # one-time codes of "my tickets" by email
 
     def __post_init__(self) -> None:
+        state = self.config.helpdesk.state_dir
         if self.sent is None:
-            self.sent = SentLog(self.config.helpdesk.state_dir, self.store.sync)
+            self.sent = SentLog(state, self.store.sync)
+        if self.held is None:
+            self.held = Holding(state, "held", self.store.sync)
+        if self.confirmations is None:
+            self.confirmations = Confirmations(state, self.store.sync)
 
     @classmethod
     def open(cls, config: Config, templates: Templates) -> "Services":

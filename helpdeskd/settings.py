@@ -124,6 +124,13 @@ class Config:
     limits: "Limits" = field(default_factory=lambda: Limits())
     smtp: "Smtp | None" = None  # None: outgoing mail stays in the outbox (no SMTP configured)
     autoreply: "AutoReply" = field(default_factory=lambda: AutoReply())
+    access: "Access" = field(default_factory=lambda: Access())  # roles and who may submit (scopes.py)
+    mail_gateway: "MailGateway" = field(default_factory=lambda: MailGateway())
+    status_requests: "StatusRequests" = field(default_factory=lambda: StatusRequests())
+
+    def intake_mailboxes(self) -> tuple[Mailbox, ...]:
+        """The mailboxes to poll: none while ``[mail_gateway] enabled = false`` (mail stays upstream)."""
+        return self.mailboxes if self.mail_gateway.enabled else ()
 
     def staff_of(self, queue_key: str) -> tuple[str, ...]:
         found = self.queue(queue_key)
@@ -195,3 +202,63 @@ class AutoReply:
     per_recipient_window_seconds: float = 3600.0  # ... within this window
     global_max: int = 300  # at most this many automatic messages in all ...
     global_window_seconds: float = 3600.0  # ... within this window (then the breaker is open)
+
+
+# -- roles, submission, the mail gateway and "my tickets" by email (issue 6) ----------------------
+
+UNKNOWN_SENDER_POLICIES = ("accept", "refuse", "hold")
+
+
+@dataclass(frozen=True)
+class Reseller:
+    """A reseller: its contact addresses and the domains of its customers."""
+
+    name: str
+    contacts: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DomainOwner:
+    """A customer domain and the addresses of its owner; ``reseller`` is "" for the admin's own customers."""
+
+    domain: str
+    owners: tuple[str, ...] = ()
+    reseller: str = ""
+
+
+@dataclass(frozen=True)
+class Access:
+    """Who is who (the hosting panel's roles) and who may open tickets by mail.
+
+    Addresses and domains are lower-case. A mail user is any address at a known domain (a
+    ``[[domains]]`` entry or a reseller's domain). Validation guarantees that every address has at
+    most one role and every domain at most one reseller, so classifying an address is unambiguous.
+    """
+
+    admins: tuple[str, ...] = ()
+    resellers: tuple[Reseller, ...] = ()
+    domains: tuple[DomainOwner, ...] = ()  # every known domain, with its reseller and owners
+    allow_domains: tuple[str, ...] = ()  # when not empty: only these domains (and configured roles) may submit
+    deny_domains: tuple[str, ...] = ()  # never open tickets from these domains
+    unknown_senders: str = "accept"  # a sender with no role: accept | refuse | hold
+
+
+@dataclass(frozen=True)
+class MailGateway:
+    """The panel's separate Activate/Deactivate for mail intake: off, no mailbox is polled and
+    ``helpdeskd deliver`` answers EX_TEMPFAIL, so mail waits upstream; everything else runs."""
+
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class StatusRequests:
+    """"My tickets" by email: a subject keyword asks for the list of tickets the sender may see,
+    sent only to a proven sender (trusted Authentication-Results, or a one-time code)."""
+
+    enabled: bool = True
+    keywords: tuple[str, ...] = ("estado de mis tickets", "mis tickets", "my tickets", "ticket status")
+    trusted_authserv_ids: tuple[str, ...] = ()  # authserv-ids of OUR receiving MTA; empty: codes only
+    code_ttl_seconds: float = 3600.0  # a confirmation code is valid this long, and once
+    max_listed: int = 50  # tickets shown in one answer (the total is always given)

@@ -15,6 +15,7 @@ from .commands import Command
 from .decide import staff_change
 from .errors import PermanentError
 from .mailout import Occasion, queue_sends
+from .scopes import ADMIN, Scope, visible
 from .services import Services, event_once
 from .ticket import Status, Ticket
 from .ticketops import apply_changes
@@ -30,13 +31,15 @@ class Act:
     notify: bool = True  # tell the customer when the ticket is closed
 
 
-def act(svc: Services, ticket_id: int, action: Act, by: str, by_name: str = "") -> tuple[Ticket, int]:
+def act(svc: Services, ticket_id: int, action: Act, by: str, by_name: str = "",
+        scope: Scope = ADMIN) -> tuple[Ticket, int]:
     """Apply ``action`` to the ticket; returns it (saved) and how many mails were queued.
 
-    Raises PermanentError for an unknown ticket or an invalid command: then nothing changes.
+    Raises PermanentError for an unknown ticket, a ticket outside ``scope`` (worded the same, so a
+    scope cannot even learn that the ticket exists) or an invalid command: then nothing changes.
     """
     ticket = svc.store.get(ticket_id)
-    if ticket is None:
+    if ticket is None or not visible(scope, ticket, svc.config.access):
         raise PermanentError(f"no ticket #{ticket_id}")
     changes = _validated(action.commands, svc)
     if action.answer and ticket.status in (Status.NEW, Status.REOPENED) and not any(c.field == "status" for c in changes):

@@ -29,7 +29,8 @@ TICKET_TEMPLATES = (  # rendered with context_for
     "staff_new", "staff_followup", "staff_escalation", "staff_answer",
 )
 PLAIN_TEMPLATES = ("refused",)  # no ticket exists: rendered with refusal_context
-REQUIRED = TICKET_TEMPLATES + PLAIN_TEMPLATES
+STATUS_TEMPLATES = ("status_list", "status_confirm")  # "my tickets": status_context / confirm_context
+REQUIRED = TICKET_TEMPLATES + PLAIN_TEMPLATES + STATUS_TEMPLATES
 PARTS = ("subject", "txt", "html")
 STATUS_NAMES = {
     "es": {"new": "nuevo", "open": "abierto", "closed": "cerrado", "reopened": "reabierto"},
@@ -100,6 +101,8 @@ class Templates:
                     if name in TICKET_TEMPLATES:
                         context = context_for(ticket, config, lang, message=SAMPLE_MESSAGE, errors=["#x: sample"],
                                               reason="sample reason")
+                    elif name in STATUS_TEMPLATES:
+                        context = _status_sample(name, ticket, config, lang)
                     else:
                         context = refusal_context(config, lang, "Sample subject", "sample reason", "disabled")
                     try:
@@ -187,6 +190,32 @@ def refusal_context(config: Config, lang: str, subject: str, reason: str, code: 
         "reason": reason,
         "reason_code": code,
     }
+
+
+def status_context(config: Config, lang: str, tickets: list[Ticket], total: int, scope: str,
+                   proven_by: str) -> dict:
+    """Variables of ``status_list``: the tickets the sender's scope may see (already filtered)."""
+    rows = []
+    for ticket in tickets:
+        row = context_for(ticket, config, lang)["ticket"]
+        rows.append(row | {"updated": ticket.updated[:16].replace("T", " "), "created": ticket.created[:10]})
+    kind, _, name = scope.partition(":")
+    return {"lang": lang, "helpdesk": {"name": config.helpdesk.name, "address": config.helpdesk.address},
+            "tickets": rows, "total": total, "shown": len(rows), "scope": {"kind": kind, "name": name},
+            "proven_by": proven_by}
+
+
+def confirm_context(config: Config, lang: str, code: str, valid_minutes: int, reason_code: str, subject: str) -> dict:
+    """Variables of ``status_confirm``: the one-time code, how long it is valid, why a new one."""
+    return {"lang": lang, "helpdesk": {"name": config.helpdesk.name, "address": config.helpdesk.address},
+            "code": code, "valid_for": _duration(valid_minutes, lang), "reason_code": reason_code,
+            "subject": subject}
+
+
+def _status_sample(name: str, ticket: Ticket, config: Config, lang: str) -> dict:
+    if name == "status_list":
+        return status_context(config, lang, [ticket], 3, "domain:example.com", "dmarc")
+    return confirm_context(config, lang, "ABCD-EFGH", 60, "expired", "Sample subject")
 
 
 def _duration(minutes: int, lang: str) -> str:

@@ -42,6 +42,11 @@ class Ticket:
     assignee: str = ""  # staff address, "" when unassigned
     escalated: str = ""  # the business-impact reason given when escalation was asked for
     linked: tuple[int, ...] = ()  # related tickets (a reply to a closed ticket that started a new one)
+    # Who filed it, fixed at filing time (scopes.py): admin | reseller | owner | user | unknown,
+    # and the domain / reseller it belongs to. "" on tickets filed before roles existed.
+    origin_role: str = ""
+    origin_domain: str = ""
+    origin_reseller: str = ""
     extra: dict = field(default_factory=dict, compare=False)  # keys later versions add; kept on rewrite
 
     def with_changes(self, **changes) -> "Ticket":
