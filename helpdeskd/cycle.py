@@ -101,7 +101,7 @@ def gather_view(message: Message, svc: Services, mailbox: Mailbox | None, releas
     wanted = dict.fromkeys([*wanted_ticket_ids(message, svc.config), *hints])
     tickets = {tid: t for tid in wanted if (t := store.get(tid)) is not None}
     duplicate_of = store.find_by_message_id(message.message_id)
-    sent_to, sent_in_all = _recent_autoreplies(recipients_of_interest(message, tickets), svc)
+    sent_to, sent_in_all = _recent_autoreplies(recipients_of_interest(message), svc)
     return View(tickets, tuple(dict.fromkeys(hints)), duplicate_of, mailbox, sent_to, sent_in_all,
                 confirmations=_quoted_codes(message, svc), now=svc.clock().timestamp(), released=released)
 

@@ -69,7 +69,7 @@ def wanted_ticket_ids(message: Message, config: Config) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def recipients_of_interest(message: Message, tickets: Mapping[int, Ticket]) -> list[str]:
+def recipients_of_interest(message: Message) -> list[str]:
     """Addresses an automatic answer to this message could go to: its sender (the rate limits' keys)."""
     return [message.sender.addr] if message.sender else []
 

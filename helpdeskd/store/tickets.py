@@ -163,10 +163,6 @@ class TicketStore:
         ensure_dir(path.parent, sync=self.sync)
         atomic_write(path, json.dumps(record, sort_keys=True).encode(), sync=self.sync)
 
-    def find_by_key(self, key: str) -> int | None:
-        claim = self.read_claim(key)
-        return claim.get("ticket") if claim else None
-
     def index_message_id(self, message_id: str, ticket_id: int) -> None:
         if not message_id:
             return
