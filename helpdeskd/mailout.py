@@ -12,9 +12,9 @@ from dataclasses import dataclass, field, replace
 
 from .actions import PARTICIPANTS, REQUESTER, SENDER, STAFF, Send
 from .matching import make_message_id, plus_address, render_tag, tagged_ids
-from .outmail import compose
 from .services import Services, event_once
-from .templates import Rendered, context_for, refusal_context
+from .outmail import Rendered, compose
+from .templates import context_for, refusal_context
 from .ticket import Ticket
 
 AUTO_SUBMITTED = {"auto-reply": "auto-replied", "notification": "auto-generated", "relay": "no"}

@@ -8,6 +8,7 @@ mail content can never inject a header. Built with the email package's compat32 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from email.charset import QP, Charset
 from email.header import Header
@@ -20,11 +21,19 @@ from email.utils import format_datetime, formataddr
 from .loops import LOOP_HEADER, can_write_to
 
 LOOP_HEADER_NAME = LOOP_HEADER.title()  # X-Helpdeskd-Loop
-from .templates import Rendered
 
 _SMTP = compat32.clone(linesep="\r\n", max_line_length=998)  # fold only RFC 2047 words (Header)
 _UTF8_QP = Charset("utf-8")
 _UTF8_QP.body_encoding = QP  # readable in a raw view, unlike base64; 8-bit free for any relay
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A rendered template: what a mail says, before it becomes one."""
+
+    subject: str
+    text: str
+    html: str | None
 
 
 def one_line(value: str, limit: int = 900) -> str:

@@ -14,13 +14,13 @@ never as template source; ``StrictUndefined`` turns a misspelt variable into an 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
 
 from .errors import ConfigError
 from .matching import render_tag
+from .outmail import Rendered
 from .settings import LANGUAGES, Config
 from .ticket import Requester, Status, Ticket
 
@@ -36,13 +36,6 @@ STATUS_NAMES = {
     "es": {"new": "nuevo", "open": "abierto", "closed": "cerrado", "reopened": "reabierto"},
     "en": {"new": "new", "open": "open", "closed": "closed", "reopened": "reopened"},
 }
-
-
-@dataclass(frozen=True)
-class Rendered:
-    subject: str
-    text: str
-    html: str | None
 
 
 class Templates:
