@@ -100,10 +100,24 @@ def gather_view(message: Message, svc: Services, mailbox: Mailbox | None, releas
     hints = [t for t in (store.find_by_message_id(m) for m in (*message.in_reply_to, *message.references)) if t]
     wanted = dict.fromkeys([*wanted_ticket_ids(message, svc.config), *hints])
     tickets = {tid: t for tid in wanted if (t := store.get(tid)) is not None}
-    duplicate_of = store.find_by_message_id(message.message_id)
+    duplicate_of = _filed_copy(message, store.find_by_message_id(message.message_id), svc)
     sent_to, sent_in_all = _recent_autoreplies(recipients_of_interest(message), svc)
     return View(tickets, tuple(dict.fromkeys(hints)), duplicate_of, mailbox, sent_to, sent_in_all,
                 confirmations=_quoted_codes(message, svc), now=svc.clock().timestamp(), released=released)
+
+
+def _filed_copy(message: Message, ticket_id: int | None, svc: Services) -> int | None:
+    """The ticket already holding *this* message: same Message-ID, sender and text (another relay's
+    copy). A different message that reuses the Message-ID (scripts with a fixed one, or someone quoting
+    a known id) is not a duplicate: it is decided on its own and never joins that ticket by its id."""
+    if ticket_id is None:
+        return None
+    sender = message.sender.addr if message.sender else ""
+    for event in svc.store.events(ticket_id):
+        if (event.get("type") == "message" and event.get("message_id") == message.message_id
+                and event.get("from") == sender and event.get("text") == message.text[:TEXT_IN_HISTORY]):
+            return ticket_id
+    return None
 
 
 def _quoted_codes(message: Message, svc: Services) -> dict:

@@ -219,3 +219,13 @@ def test_long_non_ascii_subject_is_folded_not_refused(svc):
     [entry] = outbox_entries(svc)
     assert " ".join(subject.split()) in parse(entry.data).subject
     assert all(len(line) <= 998 for line in entry.data.split(b"\r\n"))
+
+
+def test_a_different_message_reusing_a_message_id_is_not_dropped(svc):
+    """A script with a fixed Message-ID, or a stranger quoting a known one: filed on its own, never lost
+    and never joined to the first ticket by the id alone."""
+    file_safely(inbound(mail()), svc)
+    other = mail(sender="monitor@servidor.example", subject="ALERTA disco lleno", body="/var al 98%")
+    outcome = file_safely(inbound(other), svc)
+    assert outcome.action == "new" and outcome.ticket == 2
+    assert svc.store.get(1).mail_count == 1 and svc.store.get(2).requester.addr == "monitor@servidor.example"
