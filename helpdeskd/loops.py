@@ -5,6 +5,7 @@ Mail that fails these checks is still filed or recorded; it only gets no automat
 
 from __future__ import annotations
 
+from .matching import own_reference
 from .message import Message
 from .settings import AutoReply
 
@@ -79,8 +80,8 @@ def _sender_reason(message: Message, our_address: str) -> str | None:
 def _ours(message: Message, our_address: str, our_domain: str) -> str | None:
     if (message.header(LOOP_HEADER) or "").strip().lower() == our_address.lower():
         return "our own mail came back (loop header)"
-    if message.message_id.lower().endswith("@" + our_domain.lower()):
-        return "our own mail came back (Message-ID)"
+    if own_reference(message.message_id, our_domain) is not None:  # our Message-ID shape, not just our
+        return "our own mail came back (Message-ID)"  # domain: staff mail clients use that domain too
     return None
 
 

@@ -292,3 +292,12 @@ def test_cc_command_refuses_our_own_addresses(svc):
     tid, ack = open_ticket(svc)
     outcome = send(svc, answer_to(ack, "#cc add support@helpdesk.localhost", "ana@cliente.es"))
     assert outcome.action == "rejected" and svc.store.get(tid).collaborators == ()
+
+
+def test_staff_whose_mail_client_uses_our_domain_in_message_ids_is_relayed(svc):
+    """Staff write from the helpdesk's own domain, so their clients' Message-IDs end in it too."""
+    tid, _ = open_ticket(svc)
+    notice = staff_notice(svc, tid)
+    outcome = send(svc, answer_to(notice, "Hola Ana, revisa la contraseña.", STAFF,
+                                  message_id="<3f2a9c@helpdesk.localhost>"))
+    assert outcome.action == "staff_answer" and mails(svc, to="ana@cliente.es", template="staff_answer")
