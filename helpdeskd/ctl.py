@@ -11,7 +11,7 @@ import json
 import sys
 
 from .config import load_config
-from .cycle import Services, file_safely
+from .cycle import Outcome, Services, file_safely
 from .errors import ConfigError, StoreLocked, TransientError
 from .message import Inbound
 from .parse import parse
@@ -246,22 +246,8 @@ def cmd_held(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_held_release(args: argparse.Namespace, config: Config) -> int:
     """File a held message as a new ticket (the unknown-sender policy waived); it leaves held/ once filed."""
-    holding = Holding(config.helpdesk.state_dir, "held")
-    if not args.item or not holding.has(args.item):
-        print(f"helpdeskctl: no message {args.item!r} in held/", file=sys.stderr)
-        return 1
-    name, _, upstream_id = next((i.source for i in holding.items() if i.id == args.item), ":").partition(":")
-    mailbox = next((m for m in config.mailboxes if m.name == name), None)
-    try:
-        svc = Services.open(config, load_templates(config))
-        with svc.write_lock():
-            with svc.batch():  # the ticket is durable before the held copy goes
-                outcome = file_safely(Inbound(name or "held", upstream_id or args.item, holding.raw(args.item)),
-                                      svc, mailbox, released=True)
-            if outcome.action not in ("quarantined", "held"):
-                holding.remove(args.item)
-    except (TransientError, ConfigError, OSError) as exc:
-        print(f"helpdeskctl: not filed, still held: {exc}", file=sys.stderr)
+    outcome = _refile(config, "held", args.item, released=True)
+    if outcome is None:
         return 1
     print(f"{args.item}: {outcome.action}" + (f" ticket #{outcome.ticket}" if outcome.ticket else "")
           + (f" ({outcome.detail})" if outcome.action != "new" and outcome.detail else ""))
@@ -270,29 +256,39 @@ def cmd_held_release(args: argparse.Namespace, config: Config) -> int:
 
 def cmd_quarantine_retry(args: argparse.Namespace, config: Config) -> int:
     """File one quarantined message again (after a fix); it leaves quarantine only once it is filed."""
-    holding = Holding(config.helpdesk.state_dir, "quarantine")
-    item = next((i for i in holding.items() if i.id == args.item), None)
-    if item is None:
-        print(f"helpdeskctl: no message {args.item!r} in quarantine/", file=sys.stderr)
+    outcome = _refile(config, "quarantine", args.item)
+    if outcome is None:
         return 1
+    if outcome.action == "quarantined":
+        print(f"helpdeskctl: still failing, kept in quarantine: {outcome.detail}", file=sys.stderr)
+        return 1
+    print(f"{args.item}: {outcome.action}" + (f" ticket #{outcome.ticket}" if outcome.ticket else ""))
+    return 0
+
+
+def _refile(config: Config, folder: str, item_id: str | None, *, released: bool = False) -> Outcome | None:
+    """File a message kept in ``folder`` again, under the write lock; it leaves the folder only once its
+    ticket is durable (and not when it is quarantined or held again). None, with the reason printed,
+    when it could not be filed."""
+    holding = Holding(config.helpdesk.state_dir, folder)
+    item = next((i for i in holding.items() if i.id == item_id), None)
+    if item is None:
+        print(f"helpdeskctl: no message {item_id!r} in {folder}/", file=sys.stderr)
+        return None
     name, _, upstream_id = item.source.partition(":")
     mailbox = next((m for m in config.mailboxes if m.name == name), None)
     try:
         svc = Services.open(config, load_templates(config))
         with svc.write_lock():
-            with svc.batch():  # the ticket is durable before the quarantined copy goes
-                outcome = file_safely(Inbound(name or "quarantine", upstream_id or item.id, holding.raw(item.id)),
-                                      svc, mailbox)
-            if outcome.action != "quarantined":  # file_safely keeps it (same id) when it fails again
+            with svc.batch():
+                outcome = file_safely(Inbound(name or folder, upstream_id or item.id, holding.raw(item.id)),
+                                      svc, mailbox, released=released)
+            if outcome.action not in ("quarantined", "held"):
                 holding.remove(item.id)
     except (TransientError, ConfigError, OSError) as exc:
-        print(f"helpdeskctl: not filed, still in quarantine: {exc}", file=sys.stderr)
-        return 1
-    if outcome.action == "quarantined":
-        print(f"helpdeskctl: still failing, kept in quarantine: {outcome.detail}", file=sys.stderr)
-        return 1
-    print(f"{item.id}: {outcome.action}" + (f" ticket #{outcome.ticket}" if outcome.ticket else ""))
-    return 0
+        print(f"helpdeskctl: not filed, still in {folder}/: {exc}", file=sys.stderr)
+        return None
+    return outcome
 
 
 def _parser() -> argparse.ArgumentParser:
