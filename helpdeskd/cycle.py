@@ -113,11 +113,15 @@ def _filed_copy(message: Message, ticket_id: int | None, svc: Services) -> int |
     if ticket_id is None:
         return None
     sender = message.sender.addr if message.sender else ""
+    seen = False
     for event in svc.store.events(ticket_id):
-        if (event.get("type") == "message" and event.get("message_id") == message.message_id
-                and event.get("from") == sender and event.get("text") == message.text[:TEXT_IN_HISTORY]):
-            return ticket_id
-    return None
+        if event.get("type") == "message" and event.get("message_id") == message.message_id:
+            seen = True
+            if event.get("from") == sender and event.get("text") == message.text[:TEXT_IN_HISTORY]:
+                return ticket_id
+    # Indexed but not on the ticket yet: its first copy was claimed and is still being filed (a crash
+    # interrupted it; the source offers it again). This copy is a duplicate of that one.
+    return None if seen else ticket_id
 
 
 def _quoted_codes(message: Message, svc: Services) -> dict:

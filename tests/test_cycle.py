@@ -229,3 +229,25 @@ def test_a_different_message_reusing_a_message_id_is_not_dropped(svc):
     outcome = file_safely(inbound(other), svc)
     assert outcome.action == "new" and outcome.ticket == 2
     assert svc.store.get(1).mail_count == 1 and svc.store.get(2).requester.addr == "monitor@servidor.example"
+
+
+def test_a_relay_copy_is_a_duplicate_even_while_the_first_copy_is_half_filed(svc, monkeypatch):
+    """A crash right after the first copy's decision was recorded: a copy through another relay must not
+    become a second ticket before the first copy is filed again."""
+
+    class Crash(BaseException):
+        pass
+
+    real = svc.store.store_mail
+
+    def crash(*args, **kwargs):
+        raise Crash()
+
+    monkeypatch.setattr(svc.store, "store_mail", crash)
+    with pytest.raises(Crash):
+        file_message(inbound(mail()), svc)
+    monkeypatch.setattr(svc.store, "store_mail", real)
+    copy = mail(extra="Received: from relay2.example by mx.example")
+    assert file_safely(inbound(copy), svc).action == "ignored"
+    assert file_safely(inbound(mail()), svc).action == "new"  # the first copy, offered again, completes
+    assert svc.store.last_id() == 1
