@@ -136,12 +136,7 @@ def create_exclusive(path: Path, data: bytes, *, sync: Syncer = IMMEDIATE) -> bo
 
 def append_line(path: Path, line: bytes, *, sync: Syncer = IMMEDIATE) -> None:
     """Append one line. A crash may leave a torn last line; readers skip it."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
-    try:
-        _write_all(fd, line)
-        sync.file(path, fd)
-    finally:
-        os.close(fd)
+    _write_file(path, os.O_APPEND, line, sync, path)
     sync.directory(path.parent)  # the first append creates the file
 
 
@@ -162,13 +157,19 @@ def _write_aside(path: Path, data: bytes, sync: Syncer) -> Path:
     """``data`` in a temporary file beside ``path`` (synced, or recorded for the group commit under
     ``path``, the name it will have); returns the temporary file's path."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer thread
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    _write_file(tmp, os.O_TRUNC, data, sync, path)
+    return tmp
+
+
+def _write_file(target: Path, mode: int, data: bytes, sync: Syncer, synced_as: Path) -> None:
+    """Write ``data`` to ``target`` (opened with ``mode``: O_TRUNC or O_APPEND) and hand it to ``sync``
+    under the name ``synced_as`` (the final name of a temporary file)."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | mode, 0o640)
     try:
         _write_all(fd, data)
-        sync.file(path, fd)
+        sync.file(synced_as, fd)
     finally:
         os.close(fd)
-    return tmp
 
 
 def _write_all(fd: int, data: bytes) -> None:
