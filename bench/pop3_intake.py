@@ -76,7 +76,7 @@ def child_floor(host: str, port: int, user: str, password: str, tls: bool, ca: s
     return {"messages": count, "seconds": time.perf_counter() - started}
 
 
-def child_helpdeskd(config: str, no_fsync: bool = False) -> dict:
+def child_helpdeskd(config: str, no_fsync: bool = False, profile: str = "") -> dict:
     import os
 
     if no_fsync:  # a what-if, never a setting: how fast the same path runs when durability costs nothing
@@ -89,11 +89,44 @@ def child_helpdeskd(config: str, no_fsync: bool = False) -> dict:
     logs.setup("warning")
     runtime = load(Path(config))
     svc = Services.open(runtime.config, runtime.templates)
+    profiler = _inline_profiler() if profile else None
     started = time.perf_counter()
     result = poll_pop3_fully(runtime.config.mailboxes[0], svc)
     seconds = time.perf_counter() - started
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(profile)
     assert result.error is None, result.error
     return {"messages": sum(result.counts.values()), "seconds": seconds, "counts": result.counts}
+
+
+def _inline_profiler():
+    """A started cProfile that sees the filing too: the filer thread is replaced by inline calls
+    (slower than the real pipeline, which overlaps retrieval with filing; for finding hot spots only)."""
+    import cProfile
+    from concurrent.futures import Future
+
+    from helpdeskd import gateway
+
+    class Inline:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def submit(self, fn, *args):
+            future = Future()
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+                future.set_exception(exc)
+            return future
+
+        def shutdown(self, wait=True):
+            pass
+
+    gateway.ThreadPoolExecutor = Inline
+    profiler = cProfile.Profile()
+    profiler.enable()
+    return profiler
 
 
 def peak_rss_mb() -> float:
@@ -146,7 +179,7 @@ def load_mailbox(server, maildir: Path, n: int) -> int:
     return sizes // n
 
 
-def measure(server, work: Path, n: int, protocol: str, no_fsync: bool) -> dict:
+def measure(server, work: Path, n: int, protocol: str, no_fsync: bool, profile: str = "") -> dict:
     from dovecot import PASSWORD
 
     user = f"bench{protocol}"
@@ -155,7 +188,8 @@ def measure(server, work: Path, n: int, protocol: str, no_fsync: bool) -> dict:
     avg = load_mailbox(server, maildir, n)
     floor = run_child("floor", "127.0.0.1", str(port), user, PASSWORD, str(int(tls)), str(server.pki.ca))
     load_mailbox(server, maildir, n)
-    ours = run_child("helpdeskd", str(write_config(work, server, user, protocol)))
+    extra = [f"--profile={profile}-{protocol}.pstats"] if profile else []
+    ours = run_child("helpdeskd", str(write_config(work, server, user, protocol)), *extra)
     assert ours["messages"] == n == floor["messages"], (ours, floor)
     row = {"protocol": protocol, "n": n, "avg_bytes": avg, "floor": floor, "helpdeskd": ours}
     if no_fsync:
@@ -171,6 +205,8 @@ def main() -> None:
     parser.add_argument("--tls", default="plain,pop3s", help="comma-separated: plain, pop3s")
     parser.add_argument("--what-if-no-fsync", action="store_true",
                         help="also run (b) with os.fsync disabled: the CPU ceiling a group commit could approach")
+    parser.add_argument("--profile", default="", metavar="PREFIX",
+                        help="also write a cProfile of (b) to PREFIX-<transport>.pstats (filing inline, not overlapped)")
     args = parser.parse_args()
     from dovecot import Dovecot, make_pki
 
@@ -178,7 +214,7 @@ def main() -> None:
     base.chmod(0o755)
     server = Dovecot(base, make_pki(base)).start()
     try:
-        rows = [measure(server, base, args.n, protocol, args.what_if_no_fsync) for protocol in args.tls.split(",")]
+        rows = [measure(server, base, args.n, protocol, args.what_if_no_fsync, args.profile) for protocol in args.tls.split(",")]
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
@@ -202,7 +238,8 @@ if __name__ == "__main__":
             host, port, user, password, tls, ca = rest
             report = child_floor(host, int(port), user, password, tls == "1", ca)
         else:
-            report = child_helpdeskd(rest[0], no_fsync="--no-fsync" in rest)
+            profile = next((a.split("=", 1)[1] for a in rest if a.startswith("--profile=")), "")
+            report = child_helpdeskd(rest[0], no_fsync="--no-fsync" in rest, profile=profile)
         report["rss_mb"] = peak_rss_mb()
         print(json.dumps(report))
     else:
