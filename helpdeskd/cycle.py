@@ -80,6 +80,12 @@ def file_message(inbound: Inbound, svc: Services, mailbox: Mailbox | None = None
     new one that skips the unknown-sender policy (any other recorded decision still stands).
     """
     message = strip_imitations(parse(inbound.raw, svc.config.limits))
+    with svc.store.unit():
+        return _decide_and_apply(message, inbound, svc, mailbox, released)
+
+
+def _decide_and_apply(message: Message, inbound: Inbound, svc: Services, mailbox: Mailbox | None,
+                      released: bool) -> Outcome:
     claim = svc.store.read_claim(message.key)
     if claim is not None and not (released and claim["action"] == "held"):
         return _apply(message, inbound, claim, svc, again=True)

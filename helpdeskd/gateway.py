@@ -10,8 +10,10 @@ so a message is either filed and then deleted, or still on the server for the ne
 idempotent by message key, so a message downloaded again after a crash never becomes a second
 ticket; the ledger makes the next session delete (or, when mail is kept, skip) it without RETR.
 
-Network and filing overlap: while one batch is being filed (in a filer thread, under the daemon's
-filing lock), the session thread already retrieves the next one. At most two batches are in memory.
+Network, filing and durability overlap: while one batch is being filed (in a filer thread, under the
+daemon's filing lock, without fsync), the session thread already retrieves the next one and a committer
+thread makes the previous one durable (one group commit, see ``store/fsutil.py``) and writes its
+ledger; only then is that batch DELE'd. At most two batches of mail are in memory.
 
 Oversized messages (LIST size over the limit) are never downloaded whole: their headers (TOP) become
 a ticket with a note, or are kept in ``refused/`` with an answer to the sender (``oversized``).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ from .message import Inbound
 from .parse import parse
 from .settings import LANGUAGES, Mailbox, Pop3
 from .sources.pop3 import Listed, Pop3Session, connect
+from .store.fsutil import Touched
 from .store.ledger import Ledger
 
 log = get("pop3")
@@ -136,27 +140,32 @@ def _forget_known(session: Pop3Session, listed: list[Listed], ledger: Ledger, cf
 
 def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Mailbox, svc: Services,
               ledger: Ledger, locked: Locked, should_stop: Callable[[], bool], result: Pop3Result) -> None:
-    """RETR batch k+1 while batch k is filed; DELE batch k once it (and its ledger entry) is durable."""
+    """Three stages in three threads: this one RETRs batch k+1 while the filer files batch k and the
+    committer makes batch k-1 durable (then ledgers it); a batch is DELE'd once its commit is done."""
     cfg: Pop3 = mailbox.pop3  # type: ignore[assignment]
     deadline = time.monotonic() + cfg.max_session_seconds
     filer = ThreadPoolExecutor(1, thread_name_prefix=f"file-{mailbox.name}")
-    pending: tuple[_Batch, Future] | None = None
+    committer = ThreadPoolExecutor(1, thread_name_prefix=f"commit-{mailbox.name}")
+    filing: Future[Future[list[int]]] | None = None
+    commits: deque[Future[list[int]]] = deque()  # in batch order: the committer is one thread
     try:
         for batch_items in _batches(items, cfg, limit, result):
             if should_stop() or time.monotonic() > deadline:
                 result.more = True
                 break
             batch = _Batch(batch_items, session.retrieve([m.number for m in batch_items], limit))
-            if pending:
-                _finish(session, *pending, cfg)
-            pending = (batch, filer.submit(_file_batch, batch, mailbox, svc, ledger, locked, result))
-        if pending:
-            _finish(session, *pending, cfg)
-            pending = None
-    finally:
-        if pending:  # an error: let the filing in hand end before the session is aborted
-            pending[1].exception()
-        filer.shutdown(wait=True)
+            if filing is not None:
+                commits.append(filing.result())
+            filing = filer.submit(_file_batch, batch, mailbox, svc, ledger, locked, result, committer)
+            while commits and commits[0].done():
+                _delete(session, commits.popleft().result(), cfg)
+        if filing is not None:
+            commits.append(filing.result())
+        while commits:
+            _delete(session, commits.popleft().result(), cfg)
+    finally:  # after an error too: the filing and commits in hand end before the session is aborted
+        filer.shutdown(wait=True)  # first: a filing ends by handing its commit to the committer
+        committer.shutdown(wait=True)
 
 
 def _batches(items: list[Listed], cfg: Pop3, limit: int, result: Pop3Result) -> list[list[Listed]]:
@@ -173,49 +182,60 @@ def _batches(items: list[Listed], cfg: Pop3, limit: int, result: Pop3Result) -> 
     return batches + [current] if current else batches
 
 
-def _finish(session: Pop3Session, batch: _Batch, filing: Future, cfg: Pop3) -> None:
-    """Wait until the batch is durable (filed and ledgered), then mark it deleted upstream."""
-    safe: list[int] = filing.result()
-    if safe and not cfg.keep:
-        session.delete(safe)
+def _delete(session: Pop3Session, numbers: list[int], cfg: Pop3) -> None:
+    """Mark a durable, ledgered batch deleted upstream (unless mail is kept on the server)."""
+    if numbers and not cfg.keep:
+        session.delete(numbers)
 
 
 def _file_batch(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, locked: Locked,
-                result: Pop3Result) -> list[int]:
-    """File each retrieved message; record the durable ones in the ledger; return their numbers.
+                result: Pop3Result, committer: ThreadPoolExecutor) -> Future[list[int]]:
+    """File each retrieved message (nothing is fsynced yet) and hand the batch's commit to the
+    committer; its future gives the numbers to DELE once they are durable and in the ledger.
 
-    On a TransientError the messages filed before it are still recorded, then the error propagates.
+    On a TransientError the messages filed before it are still committed and ledgered, then the
+    error propagates.
     """
-    safe: list[tuple[Listed, str]] = []
-    try:
-        locked(lambda: _file_locked(batch, mailbox, svc, ledger, result, safe))
-    finally:
-        ledger.add(upstream_id for _, upstream_id in safe)
-        ledger.save()
-    return [item.number for item, _ in safe]
+    filed: list[tuple[Listed, str]] = []
+    failure: TransientError | None = None
+    with svc.collect() as touched:
+        try:
+            locked(lambda: _file_locked(batch, mailbox, svc, ledger, result, filed))
+        except TransientError as exc:
+            failure = exc
+    committing = committer.submit(_commit, filed, touched, svc, ledger)
+    if failure is not None:
+        committing.result()
+        raise failure
+    return committing
 
 
 def _file_locked(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, result: Pop3Result,
-                 safe: list[tuple[Listed, str]]) -> None:
-    """File the batch under the write lock and one group commit; ``safe`` learns of a message only once
-    the commit that made it durable has succeeded (the ledger and DELE trust that list)."""
-    filed: list[tuple[Listed, str]] = []
+                 filed: list[tuple[Listed, str]]) -> None:
+    """File the batch under the write lock; ``filed`` learns of each message as it is filed."""
+    with svc.write_lock(), svc.store.ids_reserved(len(batch.items)):
+        for item, raw in zip(batch.items, batch.raws):
+            if raw is None:
+                log.warning("pop3_retr_refused", mailbox=mailbox.name, uid=item.uid, number=item.number)
+                continue
+            upstream_id = item.uid or f"key:{parse(raw, svc.config.limits).key}"
+            if upstream_id not in ledger:  # only without UIDL can a filed message come back here
+                _file_one(Inbound(mailbox.name, upstream_id, raw), mailbox, svc, result)
+            filed.append((item, upstream_id))
+
+
+def _commit(filed: list[tuple[Listed, str]], touched: Touched, svc: Services, ledger: Ledger) -> list[int]:
+    """Make a filed batch durable, then record it in the ledger; returns the numbers that may go.
+
+    If the commit fails, nothing of the batch is ledgered or deleted: it is filed again (idempotently)
+    by the next session."""
     try:
-        with svc.write_lock(), svc.batch():
-            for item, raw in zip(batch.items, batch.raws):
-                if raw is None:
-                    log.warning("pop3_retr_refused", mailbox=mailbox.name, uid=item.uid, number=item.number)
-                    continue
-                upstream_id = item.uid or f"key:{parse(raw, svc.config.limits).key}"
-                if upstream_id not in ledger:  # only without UIDL can a filed message come back here
-                    _file_one(Inbound(mailbox.name, upstream_id, raw), mailbox, svc, result)
-                filed.append((item, upstream_id))
-    except TransientError:
-        safe.extend(filed)  # the commit still ran on the way out (Syncer.batch flushes in finally)
-        raise
-    except OSError as exc:  # the commit itself failed: nothing of this batch counts as durable
+        svc.store.sync.commit(touched)
+        ledger.add(upstream_id for _, upstream_id in filed)
+        ledger.save()
+    except OSError as exc:
         raise TransientError(f"storage failed: {exc}") from exc
-    safe.extend(filed)
+    return [item.number for item, _ in filed]
 
 
 def _file_one(inbound: Inbound, mailbox: Mailbox, svc: Services, result: Pop3Result) -> Outcome:

@@ -64,7 +64,7 @@ def _batch(source: MaildirSource, items: list[MaildirItem], mailbox: Mailbox, sv
     filed: list[tuple[MaildirItem, Outcome, float]] = []
     finished = True
     try:
-        with svc.write_lock(), svc.batch():
+        with svc.write_lock(), svc.batch(), svc.store.ids_reserved(len(items)):
             for item in items:
                 if should_stop():
                     finished = False

@@ -104,6 +104,46 @@ def test_files_every_message_once_then_deletes_them(dovecot, tmp_path):
     assert (tmp_path / "state" / "ledger" / "support").read_text() == ""  # pruned: the server forgot them
 
 
+def test_a_batch_is_deleted_only_after_its_commit_and_a_failed_commit_keeps_it(dovecot, tmp_path, monkeypatch):
+    from helpdeskd.store import fsutil
+
+    box = Box(dovecot, tmp_path)
+    box.put(*many(9))
+    svc = services(tmp_path, box.entry(batch=3))
+    real_commit, commits = fsutil.Syncer.commit, []
+
+    def commit(self, touched):
+        commits.append(len(touched.files))
+        if len(commits) == 2:
+            raise OSError(5, "Input/output error")
+        real_commit(self, touched)
+
+    monkeypatch.setattr(fsutil.Syncer, "commit", commit)
+    box_uids = uids_on_server(svc)
+    failed = poll_pop3(svc.config.mailboxes[0], svc)
+    assert failed.error and "Input/output error" in failed.error
+    ledger = (tmp_path / "state" / "ledger" / "support").read_text().split()
+    # The second batch is not on record; the third, already being filed when the second commit
+    # failed, was committed and recorded before the session was given up.
+    assert sorted(ledger) == sorted(box_uids[:3] + box_uids[6:])
+    assert box.left == 9  # the session was aborted (RSET): even the first batch's DELE is undone
+    monkeypatch.undo()
+    after = poll_pop3(svc.config.mailboxes[0], svc)
+    # the second batch was filed before its commit failed: filing it again finds it done
+    assert after.error is None and after.counts == {"deleted_known": 6, "duplicate": 3}
+    assert len(tickets(svc)) == 9 and len(answers(svc)) == 9 and box.left == 0
+
+
+def uids_on_server(svc: Services) -> list[str]:
+    """The mailbox's UIDLs in message order, read without touching anything."""
+    from helpdeskd.sources.pop3 import connect
+
+    session = connect(svc.config.mailboxes[0].pop3)
+    listed, _ = session.listing()
+    session.quit()
+    return [m.uid for m in listed]
+
+
 def test_filed_bytes_are_the_bytes_delivered(dovecot, tmp_path):
     box = Box(dovecot, tmp_path)
     raw = mail(body="Línea uno\r\n.empieza con punto\r\n..dos puntos\r\nfin")
@@ -253,10 +293,12 @@ def test_connection_cut_after_retr_before_dele_files_once_and_deletes_next_time(
     relay = CutBeforeDele(dovecot.pop3_port)
     svc = services(tmp_path, box.entry(port=relay.port, allow_plaintext=True, batch=3))
     cut = poll_pop3(svc.config.mailboxes[0], svc)
-    assert cut.error is not None and cut.counts == {"new": 3}  # first batch filed, its DELE never arrived
+    # The first batch's DELE never arrives; the second batch was retrieved and filed meanwhile (the
+    # pipeline), and is committed and ledgered before the session is given up.
+    assert cut.error is not None and cut.counts == {"new": 6}
     assert box.left == 6
     after = poll_pop3(svc.config.mailboxes[0], svc)
-    assert after.error is None and after.counts == {"deleted_known": 3, "new": 3}  # no RETR of the filed three
+    assert after.error is None and after.counts == {"deleted_known": 6}  # no RETR of what was filed
     assert len(tickets(svc)) == 6 and len(answers(svc)) == 6 and box.left == 0
 
 

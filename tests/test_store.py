@@ -128,7 +128,7 @@ def test_group_commit_defers_fsyncs_to_the_end_of_the_batch(tmp_path, monkeypatc
     synced: list[int] = []
     real_fsync = os.fsync
     monkeypatch.setattr(fsutil.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
-    syncer = fsutil.Syncer()
+    syncer = fsutil.Syncer(method="fsync")
     store = TicketStore(tmp_path, sync=syncer)
     synced.clear()
     with syncer.batch():
@@ -138,6 +138,62 @@ def test_group_commit_defers_fsyncs_to_the_end_of_the_batch(tmp_path, monkeypatc
         assert synced == []
     # ticket.toml + events.jsonl, then the ticket folder, its shard, tickets/ — each once
     assert len(synced) == 5
+
+
+def test_group_commit_by_syncfs_is_one_call_per_file_system(tmp_path, monkeypatch):
+    from helpdeskd.store import fsutil
+
+    if fsutil._SYNCFS is None:
+        pytest.skip("no syncfs(2) here: commits fsync file by file (tested above)")
+    calls: list[str] = []
+    real = fsutil._SYNCFS
+    syncer = fsutil.Syncer()
+    store = TicketStore(tmp_path, sync=syncer)
+    monkeypatch.setattr(fsutil, "_SYNCFS", lambda fd: (calls.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd))[1])
+    monkeypatch.setattr(fsutil.os, "fsync", lambda fd: pytest.fail("a batch must not fsync file by file"))
+    with syncer.batch():
+        store.save(sample(1))
+        store.save(sample(2))
+        store.append_event(1, {"type": "note", "ref": "x"})
+        assert calls == []
+    assert len(calls) == 1 and calls[0].startswith(str(tmp_path))
+
+
+def test_a_failed_syncfs_is_an_error_not_a_silent_success(tmp_path, monkeypatch):
+    from helpdeskd.store import fsutil
+
+    if fsutil._SYNCFS is None:
+        pytest.skip("no syncfs(2) here")
+    monkeypatch.setattr(fsutil, "_SYNCFS", lambda fd: -1)
+    monkeypatch.setattr(fsutil.ctypes, "get_errno", lambda: 5)
+    syncer = fsutil.Syncer()
+    with pytest.raises(OSError, match="Input/output error"):
+        with syncer.batch():
+            atomic_write(tmp_path / "f", b"x", sync=syncer)
+
+
+def test_collect_hands_the_commit_to_another_thread(tmp_path, monkeypatch):
+    import threading
+
+    from helpdeskd.store import fsutil
+
+    committed: list[str] = []
+    monkeypatch.setattr(fsutil.os, "fsync", lambda fd: committed.append(threading.current_thread().name))
+    syncer = fsutil.Syncer(method="fsync")
+    with syncer.collect() as touched:
+        with syncer.collect() as inner:  # nested: the outermost block has it all
+            atomic_write(tmp_path / "a", b"x", sync=syncer)
+        atomic_write(tmp_path / "b", b"y", sync=syncer)
+    assert committed == [] and not inner
+    assert touched.files == {tmp_path / "a", tmp_path / "b"} and touched.dirs == {tmp_path}
+    worker = threading.Thread(target=syncer.commit, args=(touched,), name="committer")
+    worker.start()
+    worker.join()
+    assert committed and set(committed) != {threading.current_thread().name}
+    assert len(committed) == 3  # two files, one directory
+    with syncer.collect():
+        atomic_write(tmp_path / "c", b"z", sync=syncer)  # a new block starts empty
+    assert (tmp_path / "c").read_bytes() == b"z"
 
 
 def test_immediate_mode_fsyncs_before_returning(tmp_path, monkeypatch):
@@ -160,10 +216,10 @@ def test_maildir_batch_leaves_new_only_after_the_commit(svc, monkeypatch, tmp_pa
     for n in range(3):
         (inbox / "new" / f"{n}.eml").write_bytes(mail(message_id=f"<b{n}@x>", body=f"cuerpo {n}"))
 
-    def failing_flush(self):
+    def failing_commit(self, touched):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(fsutil.Syncer, "flush", failing_flush)
+    monkeypatch.setattr(fsutil.Syncer, "commit", failing_commit)
     result = poll_maildir(svc.config.mailboxes[0], svc)
     assert result.error and "Input/output error" in result.error
     assert len(list((inbox / "new").iterdir())) == 3  # nothing forgotten: the commit did not happen
@@ -171,3 +227,60 @@ def test_maildir_batch_leaves_new_only_after_the_commit(svc, monkeypatch, tmp_pa
     result = poll_maildir(svc.config.mailboxes[0], svc)
     assert result.error is None and len(list((inbox / "new").iterdir())) == 0
     assert svc.store.last_id() == 3 and sum(e.envelope["kind"] == "auto-reply" for e in svc.outbox.entries()) == 3
+
+
+def test_rate_limit_log_counts_stay_right_across_writers_and_pruning(tmp_path, monkeypatch):
+    from helpdeskd.store import sentlog as sentlog_module
+    from helpdeskd.store.sentlog import SentLog
+
+    ours, other = SentLog(tmp_path), SentLog(tmp_path)  # another process on the same state directory
+    ours.record("a@x.es", "o1", 100.0, 50)
+    assert ours.count_all(0) == 1 and ours.count("a@x.es", 0) == 1
+    ours.record("b@x.es", "o2", 110.0, 50)
+    ours.record("b@x.es", "o2", 110.0, 50)  # the same answer again: not counted twice
+    assert ours.count_all(0) == 2 and ours.count_all(105) == 1
+    other.record("c@x.es", "o3", 120.0, 50)  # written behind our back: our parsed copy is stale
+    assert ours.count_all(0) == 3 and other.count_all(0) == 3
+    ours.record("a@x.es", "o4", 130.0, 50)
+    assert ours.count_all(0) == 4 and other.count_all(0) == 4 and ours.count("a@x.es", 0) == 2
+    monkeypatch.setattr(sentlog_module, "_PRUNE_BYTES", 1)  # every append now rewrites the file first
+    ours.record("d@x.es", "o5", 200.0, 50)
+    assert ours.count_all(0) == 1 and other.count_all(0) == 1  # 100–130 fell outside 200 - 50
+
+
+def test_reserved_ticket_ids_cost_one_write_and_unused_ones_are_given_back(tmp_path):
+    store = TicketStore(tmp_path)
+    seq = tmp_path / "seq"
+    assert store.allocate_id() == 1
+    with store.ids_reserved(5):
+        assert seq.read_text() == "6\n"  # a crash now leaves 2..6 as a gap, never a reuse
+        store.ticket_dir(3).mkdir(parents=True)  # a folder that outlived a lost seq write is skipped
+        assert [store.allocate_id(), store.allocate_id()] == [2, 4]
+        assert seq.read_text() == "6\n"
+    assert seq.read_text() == "4\n"  # 5 and 6 were not used
+    with store.ids_reserved(2):
+        assert [store.allocate_id(), store.allocate_id(), store.allocate_id()] == [5, 6, 7]  # then one by one
+    assert seq.read_text() == "7\n" and TicketStore(tmp_path).allocate_id() == 8
+
+
+def test_a_unit_appends_a_tickets_events_together_and_before_its_metadata(tmp_path):
+    store = TicketStore(tmp_path)
+    log = store.ticket_dir(1) / "events.jsonl"
+    with store.unit():
+        store.append_event(1, {"type": "created", "ref": "created"})
+        store.append_event(1, {"type": "message", "ref": "k1"})
+        assert not log.exists() and [e["ref"] for e in store.events(1)] == ["created", "k1"]
+        store.save(sample(1))
+        assert len(log.read_bytes().splitlines()) == 2  # on disk before ticket.toml said "filed"
+        store.append_event(1, {"type": "reply_queued", "ref": "o1"})
+        assert store.has_event(1, "reply_queued", "o1") and len(log.read_bytes().splitlines()) == 2
+    assert [e["ref"] for e in store.events(1)] == ["created", "k1", "o1"]
+    try:
+        with store.unit():
+            store.append_event(1, {"type": "note", "ref": "n1"})
+            raise RuntimeError("a bug half-way through a message")
+    except RuntimeError:
+        pass
+    assert store.has_event(1, "note", "n1")  # what was appended before the error is kept
+    store.append_event(1, {"type": "note", "ref": "n2"})  # outside a unit: written at once
+    assert log.read_bytes().splitlines()[-1].startswith(b'{"at"') and store.has_event(1, "note", "n2")

@@ -1,15 +1,27 @@
 """Durable file primitives: tmp file, fsync, rename, fsync the directory — now, or at a group commit.
 
 A :class:`Syncer` decides when the fsyncs happen. By default each write is durable before it returns.
-Inside ``with syncer.batch():`` writes only record what they touched, and leaving the block fsyncs every
-touched file, then every touched directory, in parallel threads (fsync releases the GIL): one group
-commit for many messages. Callers tell a source to forget a message only after the block has exited.
+Inside ``with syncer.batch():`` writes only record what they touched, and leaving the block makes all of
+it durable at once: one group commit for many messages. Callers tell a source to forget a message only
+after the block has exited. ``collect()`` is the same without the commit: it hands back what was
+touched, so the commit can run in another thread while the next batch is being written (the POP3
+pipeline), and :meth:`Syncer.commit` makes it durable there.
+
+A commit is one ``syncfs(2)`` per file system touched, where Linux offers it: the kernel writes back
+every dirty file and directory of that file system and waits, reporting writeback errors (Linux ≥ 5.8).
+That replaces an open+fsync+close per touched file and directory (~15 per new ticket) and the threads
+it took to overlap them, whose contention for the GIL cost more CPU than the fsyncs themselves. It may
+also flush other processes' writes on the same file system: a commit waits for them, it never loses
+anything. Elsewhere (or with ``method="fsync"``) every touched file, then every touched directory, is
+fsynced in a few threads.
+
 A crash (even kill -9) inside a batch loses nothing the page cache holds; a power failure inside one
 leaves the sources' copies in place, and filing them again repairs the store.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import threading
 from collections.abc import Iterator
@@ -17,7 +29,33 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-_FLUSH_THREADS = 8
+_FLUSH_THREADS = 4
+
+
+def _load_syncfs():
+    """libc's ``syncfs`` when this is Linux with a C library that has it, else None."""
+    if not os.uname().sysname == "Linux":
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = [ctypes.c_int], ctypes.c_int
+    return function
+
+
+_SYNCFS = _load_syncfs()
+
+
+def syncfs(path: Path) -> None:
+    """Write back everything dirty on the file system holding ``path`` and wait (raises OSError)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _SYNCFS(fd) != 0:  # type: ignore[misc]
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:
@@ -40,18 +78,34 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-class _BatchState:
+class Touched:
+    """What a batch wrote: files and the directories whose entries changed, not yet durable."""
+
     def __init__(self) -> None:
-        self.depth = 0
         self.files: set[Path] = set()
         self.dirs: set[Path] = set()
 
+    def __bool__(self) -> bool:
+        return bool(self.files or self.dirs)
+
+
+class _BatchState:
+    def __init__(self) -> None:
+        self.depth = 0
+        self.touched = Touched()
+
 
 class Syncer:
-    """See the module docstring. ``enabled=False`` never fsyncs (bulk tools that can redo their work)."""
+    """See the module docstring. ``enabled=False`` never fsyncs (bulk tools that can redo their work).
 
-    def __init__(self, enabled: bool = True) -> None:
+    ``method``: ``"syncfs"`` (the default where available) or ``"fsync"`` (file by file).
+    """
+
+    def __init__(self, enabled: bool = True, method: str = "syncfs") -> None:
+        if method not in ("syncfs", "fsync"):
+            raise ValueError(f"unknown commit method {method!r}")
         self.enabled = enabled
+        self.method = method if _SYNCFS is not None else "fsync"
         self._local = threading.local()  # a batch belongs to the thread that opened it
 
     @property
@@ -70,7 +124,7 @@ class Syncer:
         if not self.enabled:
             return
         if self._state.depth:
-            self._state.files.add(path)
+            self._state.touched.files.add(path)
         else:
             os.fsync(fd)
 
@@ -79,31 +133,62 @@ class Syncer:
         if not self.enabled:
             return
         if self._state.depth:
-            self._state.dirs.add(path)
+            self._state.touched.dirs.add(path)
         else:
             fsync_dir(path)
 
     @contextmanager
     def batch(self) -> Iterator["Syncer"]:
-        """Group commit: everything written inside is durable when the block exits."""
+        """Group commit: everything written inside is durable when the outermost block exits."""
+        outermost = self._state.depth == 0
+        touched = Touched()
+        try:
+            with self.collect() as touched:
+                yield self
+        finally:  # also after an error: what was filed before it must be durable too,
+            if outermost:  # since callers record it as done (a POP3 ledger) on their way out
+                self.commit(touched)
+
+    @contextmanager
+    def collect(self) -> Iterator[Touched]:
+        """Record writes like :meth:`batch` but commit nothing: when the outermost block exits, the
+        :class:`Touched` it yielded holds everything written inside, for :meth:`commit` in any thread.
+        A nested block's stays empty (the outermost one has it all)."""
         state = self._state
+        outermost = state.depth == 0
+        touched = Touched()
         state.depth += 1
         try:
-            yield self
+            yield touched
         finally:
             state.depth -= 1
-            if state.depth == 0:  # also after an error: what was filed before it must be durable too,
-                self.flush()  # since callers record it as done (a POP3 ledger) on their way out
+            if outermost:
+                touched.files, touched.dirs = state.touched.files, state.touched.dirs
+                state.touched = Touched()
 
-    def flush(self) -> None:
-        state = self._state
-        files, dirs = sorted(state.files), sorted(state.dirs)
-        state.files, state.dirs = set(), set()
-        if not files and not dirs:
+    def commit(self, touched: Touched) -> None:
+        """Make ``touched`` durable: one syncfs per file system, or fsyncs file by file."""
+        if not touched:
+            return
+        dirs = [d for d in sorted(touched.dirs) if d.is_dir()]
+        if self.method == "syncfs":
+            for folder in _one_per_device(dirs + [f.parent for f in touched.files]):
+                syncfs(folder)
             return
         with ThreadPoolExecutor(_FLUSH_THREADS) as pool:
-            list(pool.map(_fsync_path, files))  # contents first: a durable entry must name durable data
-            list(pool.map(fsync_dir, [d for d in dirs if d.is_dir()]))
+            list(pool.map(_fsync_path, sorted(touched.files)))  # contents first: a durable entry names durable data
+            list(pool.map(fsync_dir, dirs))
+
+
+def _one_per_device(folders: list[Path]) -> list[Path]:
+    """One existing folder for each file system among ``folders``."""
+    seen: dict[int, Path] = {}
+    for folder in dict.fromkeys(folders):
+        try:
+            seen.setdefault(os.stat(folder).st_dev, folder)
+        except FileNotFoundError:
+            continue
+    return list(seen.values())
 
 
 IMMEDIATE = Syncer()  # the default: every write durable before it returns; never used for batches

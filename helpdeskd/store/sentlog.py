@@ -24,6 +24,7 @@ class SentLog:
     def __init__(self, state_dir: Path, sync: Syncer = IMMEDIATE) -> None:
         self.root = ensure_dir(state_dir / "autoreplies")
         self.sync = sync
+        self._all: tuple[tuple[int, int, int], list[tuple[float, str]]] | None = None  # (file identity, lines)
 
     def _recipient_file(self, addr: str) -> Path:
         digest = hashlib.sha1(addr.strip().lower().encode("utf-8", "replace")).hexdigest()
@@ -35,7 +36,24 @@ class SentLog:
 
     def count_all(self, since: float) -> int:
         """Automatic messages queued to anyone at or after ``since``."""
-        return _count(self.root / "all", since)
+        return sum(1 for at, _ in self._all_lines() if at >= since)
+
+    def _all_lines(self) -> list[tuple[float, str]]:
+        """The global log, parsed again only when the file changed (it is read for every message)."""
+        path = self.root / "all"
+        try:
+            info = path.stat()
+        except FileNotFoundError:
+            return []
+        identity = (info.st_ino, info.st_size, info.st_mtime_ns)
+        if self._all is None or self._all[0] != identity:
+            self._all = (identity, _lines(path))
+        return self._all[1]
+
+    def _remember_all(self, path: Path, lines: list[tuple[float, str]]) -> None:
+        """After our own append (under the write lock, so nobody else wrote in between)."""
+        info = path.stat()
+        self._all = ((info.st_ino, info.st_size, info.st_mtime_ns), lines)
 
     def record(self, addr: str, out_id: str, at: float, horizon: float) -> None:
         """Note one automatic message; a second call with the same ``out_id`` changes nothing.
@@ -49,7 +67,10 @@ class SentLog:
         line = f"{at:.3f} {out_id}\n".encode()
         for target in (path, self.root / "all"):
             _prune(target, at - horizon, self.sync)
+            known = self._all_lines() if target.name == "all" else None
             append_line(target, line, sync=self.sync)
+            if known is not None:  # keep the parsed log current instead of reading it all again
+                self._remember_all(target, [*known, (float(f"{at:.3f}"), out_id)])
 
 
 def _lines(path: Path) -> list[tuple[float, str]]:

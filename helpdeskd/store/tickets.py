@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import tomllib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,6 +41,17 @@ def utcnow() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+class _Unit(threading.local):
+    """One thread's unit of work (see :meth:`TicketStore.unit`)."""
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.events: dict[int, list[dict]] = {}  # histories read (and appended to) in this unit
+        self.pending: dict[int, list[bytes]] = {}  # event lines not written yet, per ticket
+        self.msgids: dict[str, int | None] = {}  # Message-ID index answers, as read or written
+        self.ids: list[int] = []  # reserved ticket ids not handed out yet (ascending)
+
+
 class TicketStore:
     """Reads and writes tickets. Callers hold the state lock for every write."""
 
@@ -46,8 +59,48 @@ class TicketStore:
         """``sync`` is shared with the outbox for group commits; ``durable=False`` never fsyncs (bulk tools)."""
         self.root = state_dir
         self.sync = sync or Syncer(enabled=durable)
+        self._unit = _Unit()
         for sub in ("tickets", "index/keys", "index/msgid"):
             ensure_dir(state_dir / sub, sync=self.sync)
+
+    # -- units of work -------------------------------------------------------------------------
+    @contextmanager
+    def unit(self) -> Iterator[None]:
+        """One message's work, under the write lock: histories and Message-ID answers are read once and
+        kept up to date in memory, and a ticket's new events are appended together — before its
+        metadata is saved (whose presence tells a re-run that the message was filed), the rest when
+        the unit ends, even by an error. Every event is idempotent by its ref, so an event lost to a
+        crash before that append is written again when the message is filed again."""
+        unit = self._unit
+        unit.depth += 1
+        try:
+            yield
+        finally:
+            unit.depth -= 1
+            if unit.depth == 0:
+                try:
+                    for ticket_id in list(unit.pending):
+                        self._write_events(ticket_id)
+                finally:
+                    unit.events.clear(), unit.pending.clear(), unit.msgids.clear()
+
+    @contextmanager
+    def ids_reserved(self, count: int) -> Iterator[None]:
+        """Under the write lock, reserve up to ``count`` ticket ids with one write of ``seq``; ids not
+        handed out are given back on exit (a crash leaves them as a gap, never a reuse)."""
+        unit = self._unit
+        if unit.ids or count < 2:
+            yield
+            return
+        first = self._next_free(self.last_id() + 1)
+        unit.ids = list(range(first, first + count))
+        atomic_write(self.root / "seq", f"{unit.ids[-1]}\n".encode(), sync=self.sync)
+        try:
+            yield
+        finally:
+            unused, unit.ids = unit.ids, []
+            if unused:
+                atomic_write(self.root / "seq", f"{unused[0] - 1}\n".encode(), sync=self.sync)
 
     # -- paths ---------------------------------------------------------------------------------
     def ticket_dir(self, ticket_id: int) -> Path:
@@ -67,10 +120,18 @@ class TicketStore:
         An id whose folder exists is skipped: after a power failure the sequence file may be older
         than the folders written in the same group commit.
         """
-        candidate = self.last_id() + 1
+        reserved = self._unit.ids
+        while reserved:
+            candidate = reserved.pop(0)
+            if not self.ticket_dir(candidate).exists():
+                return candidate
+        candidate = self._next_free(self.last_id() + 1)
+        atomic_write(self.root / "seq", f"{candidate}\n".encode(), sync=self.sync)
+        return candidate
+
+    def _next_free(self, candidate: int) -> int:
         while self.ticket_dir(candidate).exists():
             candidate += 1
-        atomic_write(self.root / "seq", f"{candidate}\n".encode(), sync=self.sync)
         return candidate
 
     def last_id(self) -> int:
@@ -95,6 +156,7 @@ class TicketStore:
     def save(self, ticket: Ticket) -> None:
         """Replace the ticket's metadata atomically (creating its folder the first time)."""
         folder = ensure_dir(self.ticket_dir(ticket.id), sync=self.sync)
+        self._write_events(ticket.id)  # history first: saved metadata tells a re-run the mail is filed
         atomic_write(folder / "ticket.toml", tomli_w.dumps(ticket_to_dict(ticket)).encode(), sync=self.sync)
 
     def store_mail(self, ticket: Ticket, key: str, raw: bytes) -> str:
@@ -124,14 +186,35 @@ class TicketStore:
 
     # -- history -------------------------------------------------------------------------------
     def append_event(self, ticket_id: int, event: dict) -> None:
-        """Append one event (a JSON object with at least ``type``); ``at`` is added when missing."""
+        """Append one event (a JSON object with at least ``type``); ``at`` is added when missing.
+        Inside a :meth:`unit`, the line is written with the ticket's others (see there)."""
         record = {"at": utcnow(), **event}
         line = json.dumps(record, ensure_ascii=False, sort_keys=True).encode() + b"\n"
-        path = ensure_dir(self.ticket_dir(ticket_id), sync=self.sync) / "events.jsonl"
-        append_line(path, line, sync=self.sync)
+        unit = self._unit
+        if ticket_id in unit.events:
+            unit.events[ticket_id].append(json.loads(line))
+        unit.pending.setdefault(ticket_id, []).append(line)
+        if not unit.depth:
+            self._write_events(ticket_id)
+
+    def _write_events(self, ticket_id: int) -> None:
+        lines = self._unit.pending.pop(ticket_id, None)
+        if lines:
+            path = ensure_dir(self.ticket_dir(ticket_id), sync=self.sync) / "events.jsonl"
+            append_line(path, b"".join(lines), sync=self.sync)
 
     def events(self, ticket_id: int) -> list[dict]:
         """The ticket's history, oldest first. A torn last line (crash mid-append) is skipped."""
+        unit = self._unit
+        if ticket_id in unit.events:
+            return list(unit.events[ticket_id])
+        history = self._read_events(ticket_id)
+        if unit.depth:
+            unit.events[ticket_id] = history + [json.loads(line) for line in unit.pending.get(ticket_id, ())]
+            return list(unit.events[ticket_id])
+        return history
+
+    def _read_events(self, ticket_id: int) -> list[dict]:
         path = self.ticket_dir(ticket_id) / "events.jsonl"
         try:
             lines = path.read_bytes().splitlines()
@@ -171,14 +254,22 @@ class TicketStore:
         path = self._msgid_path(message_id)
         ensure_dir(path.parent, sync=self.sync)
         atomic_write(path, f"{ticket_id}\n".encode(), sync=self.sync)
+        if self._unit.depth:
+            self._unit.msgids[message_id] = ticket_id
 
     def find_by_message_id(self, message_id: str) -> int | None:
         if not message_id:
             return None
+        unit = self._unit
+        if message_id in unit.msgids:
+            return unit.msgids[message_id]
         try:
-            return int(self._msgid_path(message_id).read_text().strip())
+            found: int | None = int(self._msgid_path(message_id).read_text().strip())
         except (FileNotFoundError, ValueError):
-            return None
+            found = None
+        if unit.depth:
+            unit.msgids[message_id] = found
+        return found
 
 
 def ticket_to_dict(ticket: Ticket) -> dict:
