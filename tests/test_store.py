@@ -246,6 +246,9 @@ def test_rate_limit_log_counts_stay_right_across_writers_and_pruning(tmp_path, m
     monkeypatch.setattr(sentlog_module, "_PRUNE_BYTES", 1)  # every append now rewrites the file first
     ours.record("d@x.es", "o5", 200.0, 50)
     assert ours.count_all(0) == 1 and other.count_all(0) == 1  # 100–130 fell outside 200 - 50
+    inode = (tmp_path / "autoreplies" / "all").stat().st_ino
+    ours.record("e@x.es", "o6", 201.0, 50)  # everything is inside the horizon: appended, not rewritten
+    assert (tmp_path / "autoreplies" / "all").stat().st_ino == inode and ours.count_all(0) == 2
 
 
 def test_reserved_ticket_ids_cost_one_write_and_unused_ones_are_given_back(tmp_path):

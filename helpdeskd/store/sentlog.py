@@ -61,16 +61,17 @@ class SentLog:
         ``horizon`` (seconds) is how far back counts will ever look: older lines may be pruned.
         """
         path = self._recipient_file(addr)
-        if any(entry_id == out_id for _, entry_id in _lines(path)):
+        theirs = _lines(path)
+        if any(entry_id == out_id for _, entry_id in theirs):
             return
         ensure_dir(path.parent, sync=self.sync)
-        line = f"{at:.3f} {out_id}\n".encode()
-        for target in (path, self.root / "all"):
-            _prune(target, at - horizon, self.sync)
-            known = self._all_lines() if target.name == "all" else None
-            append_line(target, line, sync=self.sync)
-            if known is not None:  # keep the parsed log current instead of reading it all again
-                self._remember_all(target, [*known, (float(f"{at:.3f}"), out_id)])
+        entry, line = (float(f"{at:.3f}"), out_id), f"{at:.3f} {out_id}\n".encode()
+        _prune(path, theirs, at - horizon, self.sync)
+        append_line(path, line, sync=self.sync)
+        everyone = self.root / "all"
+        known = _prune(everyone, self._all_lines(), at - horizon, self.sync)
+        append_line(everyone, line, sync=self.sync)
+        self._remember_all(everyone, [*known, entry])  # current without reading it all again
 
 
 def _lines(path: Path) -> list[tuple[float, str]]:
@@ -93,11 +94,17 @@ def _count(path: Path, since: float) -> int:
     return sum(1 for at, _ in _lines(path) if at >= since)
 
 
-def _prune(path: Path, keep_after: float, sync: Syncer) -> None:
+def _prune(path: Path, lines: list[tuple[float, str]], keep_after: float, sync: Syncer) -> list[tuple[float, str]]:
+    """Rewrite ``path`` (whose parsed ``lines`` are given) without the lines before ``keep_after`` once
+    it is past a small size and at least half of it is that old — so a busy hour, all of it inside
+    the horizon, is not rewritten at every append. Returns the lines the file now holds."""
     try:
         if path.stat().st_size < _PRUNE_BYTES:
-            return
+            return lines
     except FileNotFoundError:
-        return
-    kept = "".join(f"{at:.3f} {out_id}\n" for at, out_id in _lines(path) if at >= keep_after)
-    atomic_write(path, kept.encode(), sync=sync)
+        return lines
+    kept = [(at, out_id) for at, out_id in lines if at >= keep_after]
+    if 2 * len(kept) > len(lines):
+        return lines
+    atomic_write(path, "".join(f"{at:.3f} {out_id}\n" for at, out_id in kept).encode(), sync=sync)
+    return kept
