@@ -9,6 +9,7 @@ SIGKILLs that child just before its N-th file-system side effect, to visit every
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import re
@@ -259,8 +260,9 @@ _RUNTIMES: dict[Path, object] = {}
 
 
 def _runtime(config: Path):
-    from helpdeskd import cli  # noqa: F401 - imported before forking, so no child pays for it
     from helpdeskd.runtime import load
+
+    importlib.import_module("helpdeskd.cli")  # imported before forking, so no child pays for it
 
     if config not in _RUNTIMES:
         _RUNTIMES[config] = load(config)
