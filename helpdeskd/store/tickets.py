@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -162,9 +163,11 @@ class TicketStore:
     def store_mail(self, ticket: Ticket, key: str, raw: bytes) -> str:
         """Keep raw bytes under ``mail/``; returns the file name. Storing the same key twice is a no-op."""
         mail = ensure_dir(self.ticket_dir(ticket.id) / "mail", sync=self.sync)
-        existing = next(mail.glob(f"*-{key}.eml"), None)
+        suffix = f"-{key}.eml"
+        with os.scandir(mail) as entries:  # not Path.glob: it compiles a pattern at every call
+            existing = next((entry.name for entry in entries if entry.name.endswith(suffix)), None)
         if existing is not None:
-            return existing.name
+            return existing
         name = f"{ticket.mail_count + 1:04d}-{key}.eml"
         create_exclusive(mail / name, raw, sync=self.sync)
         return name
