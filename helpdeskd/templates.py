@@ -49,6 +49,7 @@ class Templates:
         common = dict(loader=loader, undefined=jinja2.StrictUndefined, auto_reload=False, keep_trailing_newline=True)
         self._plain = jinja2.Environment(autoescape=False, **common)
         self._html = jinja2.Environment(autoescape=True, **common)
+        self._found: dict[tuple[str, str, str, str | None], jinja2.Template | None] = {}  # the snapshot never changes
 
     def _chain(self, name: str, part: str, lang: str, queue: str | None) -> list[str]:
         paths: list[str] = []
@@ -59,11 +60,14 @@ class Templates:
         return paths
 
     def _find(self, name: str, part: str, lang: str, queue: str | None) -> jinja2.Template | None:
-        env = self._html if part == "html" else self._plain
-        try:
-            return env.select_template(self._chain(name, part, lang, queue))
-        except jinja2.TemplatesNotFound:
-            return None
+        key = (name, part, lang, queue)
+        if key not in self._found:
+            env = self._html if part == "html" else self._plain
+            try:
+                self._found[key] = env.select_template(self._chain(name, part, lang, queue))
+            except jinja2.TemplatesNotFound:
+                self._found[key] = None
+        return self._found[key]
 
     def render(self, name: str, lang: str, queue: str | None, context: dict) -> Rendered:
         """Render one template's parts. Raises ConfigError when a required part is missing or broken."""

@@ -12,6 +12,7 @@ the outbox id, so filing the same message again never counts its answer twice.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from pathlib import Path
 
@@ -24,7 +25,8 @@ class SentLog:
     def __init__(self, state_dir: Path, sync: Syncer = IMMEDIATE) -> None:
         self.root = ensure_dir(state_dir / "autoreplies")
         self.sync = sync
-        self._all: tuple[tuple[int, int, int], list[tuple[float, str]]] | None = None  # (file identity, lines)
+        # The global log as last read or written: (file identity, its lines, their times sorted).
+        self._all: tuple[tuple[int, int, int], list[tuple[float, str]], list[float]] | None = None
 
     def _recipient_file(self, addr: str) -> Path:
         digest = hashlib.sha1(addr.strip().lower().encode("utf-8", "replace")).hexdigest()
@@ -36,7 +38,9 @@ class SentLog:
 
     def count_all(self, since: float) -> int:
         """Automatic messages queued to anyone at or after ``since``."""
-        return sum(1 for at, _ in self._all_lines() if at >= since)
+        self._all_lines()
+        times = self._all[2] if self._all else []
+        return len(times) - bisect.bisect_left(times, since)
 
     def _all_lines(self) -> list[tuple[float, str]]:
         """The global log, parsed again only when the file changed (it is read for every message)."""
@@ -44,16 +48,21 @@ class SentLog:
         try:
             info = path.stat()
         except FileNotFoundError:
+            self._all = None
             return []
         identity = (info.st_ino, info.st_size, info.st_mtime_ns)
         if self._all is None or self._all[0] != identity:
-            self._all = (identity, _lines(path))
+            lines = _lines(path)
+            self._all = (identity, lines, sorted(at for at, _ in lines))
         return self._all[1]
 
-    def _remember_all(self, path: Path, lines: list[tuple[float, str]]) -> None:
-        """After our own append (under the write lock, so nobody else wrote in between)."""
+    def _remember_all(self, path: Path, known: list[tuple[float, str]], entry: tuple[float, str]) -> None:
+        """After our own append of ``entry`` to ``known`` (under the write lock: nobody else wrote)."""
         info = path.stat()
-        self._all = ((info.st_ino, info.st_size, info.st_mtime_ns), lines)
+        times = self._all[2] if self._all and self._all[1] is known else sorted(at for at, _ in known)
+        known.append(entry)
+        bisect.insort(times, entry[0])
+        self._all = ((info.st_ino, info.st_size, info.st_mtime_ns), known, times)
 
     def record(self, addr: str, out_id: str, at: float, horizon: float) -> None:
         """Note one automatic message; a second call with the same ``out_id`` changes nothing.
@@ -71,7 +80,7 @@ class SentLog:
         everyone = self.root / "all"
         known = _prune(everyone, self._all_lines(), at - horizon, self.sync)
         append_line(everyone, line, sync=self.sync)
-        self._remember_all(everyone, [*known, entry])  # current without reading it all again
+        self._remember_all(everyone, known, entry)  # current without reading it all again
 
 
 def _lines(path: Path) -> list[tuple[float, str]]:
