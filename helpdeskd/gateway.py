@@ -190,19 +190,17 @@ def _delete(session: Pop3Session, numbers: list[int], cfg: Pop3) -> None:
 
 def _file_batch(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, locked: Locked,
                 result: Pop3Result, committer: ThreadPoolExecutor) -> Future[list[int]]:
-    """File each retrieved message (nothing is fsynced yet) and hand the batch's commit to the
-    committer; its future gives the numbers to DELE once they are durable and in the ledger.
+    """File each retrieved message and hand the batch's commit to the committer; its future gives
+    the numbers to DELE once they are durable and in the ledger.
 
-    On a TransientError the messages filed before it are still committed and ledgered, then the
-    error propagates.
+    On a TransientError (or an OSError) the messages filed before it are still committed and
+    ledgered, then the error propagates as a TransientError.
     """
     filed: list[tuple[Listed, str]] = []
-    failure: TransientError | None = None
-    with svc.collect() as touched:
-        try:
-            locked(lambda: _file_locked(batch, mailbox, svc, ledger, result, filed))
-        except TransientError as exc:
-            failure = exc
+    try:
+        touched, failure = locked(lambda: _file_locked(batch, mailbox, svc, ledger, result, filed))
+    except OSError as exc:  # taking the write lock
+        raise TransientError(f"storage failed: {exc}") from exc
     committing = committer.submit(_commit, filed, touched, svc, ledger)
     if failure is not None:
         committing.result()
@@ -211,24 +209,47 @@ def _file_batch(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, 
 
 
 def _file_locked(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, result: Pop3Result,
-                 filed: list[tuple[Listed, str]]) -> None:
-    """File the batch under the write lock; ``filed`` learns of each message as it is filed."""
-    with svc.write_lock(), svc.store.ids_reserved(len(batch.items)):
-        for item, raw in zip(batch.items, batch.raws):
-            if raw is None:
-                log.warning("pop3_retr_refused", mailbox=mailbox.name, uid=item.uid, number=item.number)
-                continue
-            upstream_id = item.uid or f"key:{parse(raw, svc.config.limits).key}"
-            if upstream_id not in ledger:  # only without UIDL can a filed message come back here
-                _file_one(Inbound(mailbox.name, upstream_id, raw), mailbox, svc, result)
-            filed.append((item, upstream_id))
+                 filed: list[tuple[Listed, str]]) -> tuple[Touched, TransientError | None]:
+    """File the batch under the write lock; ``filed`` learns of each message as it is filed.
+
+    Returns what was written, for the commit, and the failure that ended the batch early, if any.
+    Without fsync here when commits may overlap the next batch's writes (syncfs); otherwise the
+    commit happens now, before the lock is released (file-by-file fsyncs sync whatever a file holds).
+    """
+    sync, failure = svc.store.sync, None
+    with svc.write_lock():
+        with sync.collect() as touched:
+            try:
+                with svc.store.ids_reserved(len(batch.items)):
+                    for item, raw in zip(batch.items, batch.raws):
+                        if raw is None:
+                            log.warning("pop3_retr_refused", mailbox=mailbox.name, uid=item.uid, number=item.number)
+                            continue
+                        upstream_id = item.uid or f"key:{parse(raw, svc.config.limits).key}"
+                        if upstream_id not in ledger:  # only without UIDL can a filed message come back here
+                            _file_one(Inbound(mailbox.name, upstream_id, raw), mailbox, svc, result)
+                        filed.append((item, upstream_id))
+            except TransientError as exc:
+                failure = exc
+            except OSError as exc:
+                failure = TransientError(f"storage failed: {exc}")
+            except BaseException:
+                touched.close()  # a bug: nothing of this batch will be committed or deleted
+                raise
+        if not sync.commits_may_overlap:
+            try:
+                sync.commit(touched)
+            except OSError as exc:
+                filed.clear()  # none of it is durable
+                return touched, TransientError(f"storage failed: {exc}")
+    return touched, failure
 
 
 def _commit(filed: list[tuple[Listed, str]], touched: Touched, svc: Services, ledger: Ledger) -> list[int]:
     """Make a filed batch durable, then record it in the ledger; returns the numbers that may go.
 
-    If the commit fails, nothing of the batch is ledgered or deleted: it is filed again (idempotently)
-    by the next session."""
+    If the commit fails, nothing of the batch is ledgered or deleted, and no later commit succeeds
+    until helpdeskd restarts (see ``store/fsutil.py``); then it is filed again (idempotently)."""
     try:
         svc.store.sync.commit(touched)
         ledger.add(upstream_id for _, upstream_id in filed)

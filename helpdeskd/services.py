@@ -42,7 +42,8 @@ class Services:
 
     @classmethod
     def open(cls, config: Config, templates: Templates) -> "Services":
-        state, sync = config.helpdesk.state_dir, Syncer()
+        state = config.helpdesk.state_dir
+        sync = Syncer(root=state)
         return cls(config, TicketStore(state, sync=sync), Outbox(state, sync), Holding(state, "quarantine", sync),
                    Holding(state, "refused", sync), templates)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -110,28 +111,72 @@ def test_a_batch_is_deleted_only_after_its_commit_and_a_failed_commit_keeps_it(d
     box = Box(dovecot, tmp_path)
     box.put(*many(9))
     svc = services(tmp_path, box.entry(batch=3))
-    real_commit, commits = fsutil.Syncer.commit, []
+    real_syncfs, calls = fsutil._SYNCFS, []
 
-    def commit(self, touched):
-        commits.append(len(touched.files))
-        if len(commits) == 2:
-            raise OSError(5, "Input/output error")
-        real_commit(self, touched)
+    def syncfs(fd):
+        calls.append(fd)
+        if len(calls) == 2:  # the second batch's writeback fails
+            ctypes.set_errno(5)
+            return -1
+        return real_syncfs(fd)
 
-    monkeypatch.setattr(fsutil.Syncer, "commit", commit)
+    monkeypatch.setattr(fsutil, "_SYNCFS", syncfs)
     box_uids = uids_on_server(svc)
     failed = poll_pop3(svc.config.mailboxes[0], svc)
     assert failed.error and "Input/output error" in failed.error
     ledger = (tmp_path / "state" / "ledger" / "support").read_text().split()
-    # The second batch is not on record; the third, already being filed when the second commit
-    # failed, was committed and recorded before the session was given up.
-    assert sorted(ledger) == sorted(box_uids[:3] + box_uids[6:])
+    # Only the first batch is on record. The third, filed while the second was being committed, is
+    # not: after a failed commit none succeeds (its files might be among the pages that were lost).
+    assert sorted(ledger) == sorted(box_uids[:3])
     assert box.left == 9  # the session was aborted (RSET): even the first batch's DELE is undone
+    again = poll_pop3(svc.config.mailboxes[0], svc)  # the same process: still refusing to delete anything
+    assert again.error and "earlier commit failed" in again.error and box.left == 9
     monkeypatch.undo()
-    after = poll_pop3(svc.config.mailboxes[0], svc)
-    # the second batch was filed before its commit failed: filing it again finds it done
-    assert after.error is None and after.counts == {"deleted_known": 6, "duplicate": 3}
-    assert len(tickets(svc)) == 9 and len(answers(svc)) == 9 and box.left == 0
+    restarted = services(tmp_path, box.entry(batch=3))
+    after = poll_pop3(restarted.config.mailboxes[0], restarted)
+    # what was filed before the failure is found filed: no second ticket or answer
+    assert after.error is None and after.counts == {"deleted_known": 3, "duplicate": 6}
+    assert len(tickets(restarted)) == 9 and len(answers(restarted)) == 9 and box.left == 0
+
+
+def test_with_file_by_file_fsync_a_batch_is_committed_under_the_write_lock(dovecot, tmp_path, monkeypatch):
+    from helpdeskd.errors import StoreLocked
+    from helpdeskd.store import fsutil
+    from helpdeskd.store.lock import StateLock
+
+    box = Box(dovecot, tmp_path)
+    box.put(*many(6))
+    svc = services(tmp_path, box.entry(batch=3))
+    svc.store.sync.method = "fsync"
+    real_commit, held = fsutil.Syncer.commit, []
+
+    def commit(self, touched):
+        if touched:
+            try:
+                StateLock(tmp_path / "state").acquire().release()
+                held.append(False)
+            except StoreLocked:
+                held.append(True)
+        real_commit(self, touched)
+
+    monkeypatch.setattr(fsutil.Syncer, "commit", commit)
+    result = poll_pop3(svc.config.mailboxes[0], svc)
+    assert result.error is None and result.counts == {"new": 6} and box.left == 0
+    assert held == [True, True]  # nobody could write between a batch and its fsyncs
+
+
+def test_a_storage_error_while_filing_is_a_poll_error_not_a_crash(dovecot, tmp_path, monkeypatch):
+    box = Box(dovecot, tmp_path)
+    box.put(*many(3))
+    svc = services(tmp_path, box.entry())
+
+    def full(count):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(svc.store, "ids_reserved", full)
+    result = poll_pop3(svc.config.mailboxes[0], svc)
+    assert result.error and "No space left" in result.error and not result.permanent
+    assert box.left == 3 and tickets(svc) == []
 
 
 def uids_on_server(svc: Services) -> list[str]:

@@ -147,7 +147,7 @@ def test_group_commit_by_syncfs_is_one_call_per_file_system(tmp_path, monkeypatc
         pytest.skip("no syncfs(2) here: commits fsync file by file (tested above)")
     calls: list[str] = []
     real = fsutil._SYNCFS
-    syncer = fsutil.Syncer()
+    syncer = fsutil.Syncer(root=tmp_path)
     store = TicketStore(tmp_path, sync=syncer)
     monkeypatch.setattr(fsutil, "_SYNCFS", lambda fd: (calls.append(os.readlink(f"/proc/self/fd/{fd}")), real(fd))[1])
     monkeypatch.setattr(fsutil.os, "fsync", lambda fd: pytest.fail("a batch must not fsync file by file"))
@@ -164,12 +164,44 @@ def test_a_failed_syncfs_is_an_error_not_a_silent_success(tmp_path, monkeypatch)
 
     if fsutil._SYNCFS is None:
         pytest.skip("no syncfs(2) here")
+    syncer = fsutil.Syncer(root=tmp_path)
+    real = fsutil._SYNCFS
     monkeypatch.setattr(fsutil, "_SYNCFS", lambda fd: -1)
     monkeypatch.setattr(fsutil.ctypes, "get_errno", lambda: 5)
-    syncer = fsutil.Syncer()
     with pytest.raises(OSError, match="Input/output error"):
         with syncer.batch():
             atomic_write(tmp_path / "f", b"x", sync=syncer)
+    monkeypatch.setattr(fsutil, "_SYNCFS", real)  # the disk "works" again, but pages may have been lost:
+    with pytest.raises(OSError, match="earlier commit failed"):  # nothing is durable until a restart
+        with syncer.batch():
+            atomic_write(tmp_path / "g", b"y", sync=syncer)
+    with fsutil.Syncer(root=tmp_path).batch() as fresh:  # a restarted process commits again
+        atomic_write(tmp_path / "h", b"z", sync=fresh)
+
+
+def test_syncfs_is_used_only_where_it_reports_writeback_errors():
+    from helpdeskd.store.fsutil import _version
+
+    assert _version("6.18.0-1-amd64") == (6, 18) and _version("5.8.0") == (5, 8) and _version("5.10-rc1") == (5, 10)
+    assert _version("5.4.0-150-generic") < (5, 8) and _version("4.19.0") < (5, 8) and _version("weird") == (0, 0)
+
+
+def test_the_syncfs_descriptor_is_opened_before_the_batch_writes(tmp_path, monkeypatch):
+    """The kernel reports a writeback error only to descriptors opened before it: opening at commit
+    time could miss an error another commit (or process) already collected."""
+    from helpdeskd.store import fsutil
+
+    if fsutil._SYNCFS is None:
+        pytest.skip("no syncfs(2) here")
+    opened: list[str] = []
+    real_open = os.open
+    monkeypatch.setattr(fsutil.os, "open", lambda path, *a, **k: (opened.append(str(path)), real_open(path, *a, **k))[1])
+    syncer = fsutil.Syncer(root=tmp_path)
+    with syncer.collect() as touched:
+        assert opened == [str(tmp_path)] and touched.fd is not None
+        atomic_write(tmp_path / "f", b"x", sync=syncer)
+    syncer.commit(touched)
+    assert touched.fd is None and not touched  # committed and forgotten
 
 
 def test_collect_hands_the_commit_to_another_thread(tmp_path, monkeypatch):
@@ -264,6 +296,24 @@ def test_reserved_ticket_ids_cost_one_write_and_unused_ones_are_given_back(tmp_p
     with store.ids_reserved(2):
         assert [store.allocate_id(), store.allocate_id(), store.allocate_id()] == [5, 6, 7]  # then one by one
     assert seq.read_text() == "7\n" and TicketStore(tmp_path).allocate_id() == 8
+
+
+def test_a_failed_reservation_reserves_nothing(tmp_path, monkeypatch):
+    from helpdeskd.store import tickets as tickets_module
+
+    store = TicketStore(tmp_path)
+    assert store.allocate_id() == 1
+    real = tickets_module.atomic_write
+
+    def full(path, data, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tickets_module, "atomic_write", full)
+    with pytest.raises(OSError):
+        with store.ids_reserved(5):
+            pass
+    monkeypatch.setattr(tickets_module, "atomic_write", real)
+    assert store.allocate_id() == 2 and (tmp_path / "seq").read_text() == "2\n"  # written, not taken from memory
 
 
 def test_a_unit_appends_a_tickets_events_together_and_before_its_metadata(tmp_path):

@@ -7,13 +7,22 @@ after the block has exited. ``collect()`` is the same without the commit: it han
 touched, so the commit can run in another thread while the next batch is being written (the POP3
 pipeline), and :meth:`Syncer.commit` makes it durable there.
 
-A commit is one ``syncfs(2)`` per file system touched, where Linux offers it: the kernel writes back
-every dirty file and directory of that file system and waits, reporting writeback errors (Linux ≥ 5.8).
-That replaces an open+fsync+close per touched file and directory (~15 per new ticket) and the threads
-it took to overlap them, whose contention for the GIL cost more CPU than the fsyncs themselves. It may
-also flush other processes' writes on the same file system: a commit waits for them, it never loses
-anything. Elsewhere (or with ``method="fsync"``) every touched file, then every touched directory, is
-fsynced in a few threads.
+A commit is one ``syncfs(2)`` on the state directory's file system, where Linux (5.8 or newer, the
+first to report writeback errors through it) offers it: the kernel writes back every dirty file and
+directory there and waits. That replaces an open+fsync+close per touched file and directory (~15 per
+new ticket) and the threads it took to overlap them, whose contention for the GIL cost more CPU than
+the fsyncs themselves. The descriptor it is called on is opened when the batch starts, before its
+first write: the kernel reports a writeback error to every descriptor opened before it happened, so
+a batch whose pages failed to reach the disk always hears of it, even when another commit (or another
+process) called syncfs first. Whatever was touched on another file system (a mount inside the state
+directory) is fsynced file by file. A syncfs commit may also wait for other processes' writes to the
+same file system; it never loses anything. Elsewhere every touched file, then every touched
+directory, is fsynced in a few threads — and such a commit must run before anybody writes again
+(``commits_may_overlap`` is False), since it syncs files by name, whatever they hold by then.
+
+After a commit fails, every later commit of the same Syncer fails too: the kernel may have dropped
+the failed pages' error together with the pages' dirtiness, so files that look filed may not be on
+the disk, and nothing may be reported durable until helpdeskd restarts on repaired storage.
 
 A crash (even kill -9) inside a batch loses nothing the page cache holds; a power failure inside one
 leaves the sources' copies in place, and filing them again repairs the store.
@@ -22,6 +31,7 @@ leaves the sources' copies in place, and filing them again repairs the store.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import threading
 from collections.abc import Iterator
@@ -33,8 +43,9 @@ _FLUSH_THREADS = 4
 
 
 def _load_syncfs():
-    """libc's ``syncfs`` when this is Linux with a C library that has it, else None."""
-    if not os.uname().sysname == "Linux":
+    """libc's ``syncfs`` when this is Linux 5.8 or newer with a C library that has it, else None."""
+    system = os.uname()
+    if system.sysname != "Linux" or _version(system.release) < (5, 8):
         return None
     try:
         function = ctypes.CDLL(None, use_errno=True).syncfs
@@ -44,18 +55,23 @@ def _load_syncfs():
     return function
 
 
+def _version(release: str) -> tuple[int, int]:
+    """(major, minor) of a kernel release string such as ``6.1.0-18-amd64``; (0, 0) if unreadable."""
+    parts = release.split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1][:3] if c.isdigit()) or 0)
+    except (IndexError, ValueError):
+        return 0, 0
+
+
 _SYNCFS = _load_syncfs()
 
 
-def syncfs(path: Path) -> None:
-    """Write back everything dirty on the file system holding ``path`` and wait (raises OSError)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        if _SYNCFS(fd) != 0:  # type: ignore[misc]
-            err = ctypes.get_errno()
-            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
+def _syncfs(fd: int, what: Path) -> None:
+    """Write back everything dirty on the file system of ``fd`` and wait (raises OSError)."""
+    if _SYNCFS(fd) != 0:  # type: ignore[misc]
+        err = ctypes.get_errno()
+        raise OSError(err, f"syncfs {what}: {os.strerror(err)}")
 
 
 def fsync_dir(path: Path) -> None:
@@ -79,14 +95,23 @@ def _fsync_path(path: Path) -> None:
 
 
 class Touched:
-    """What a batch wrote: files and the directories whose entries changed, not yet durable."""
+    """What a batch wrote: files and the directories whose entries changed, not yet durable; with
+    syncfs, also the descriptor (opened when the batch began) that the commit syncs through."""
 
     def __init__(self) -> None:
         self.files: set[Path] = set()
         self.dirs: set[Path] = set()
+        self.fd: int | None = None
+        self.device: int | None = None
 
     def __bool__(self) -> bool:
         return bool(self.files or self.dirs)
+
+    def close(self) -> None:
+        """Forget it all (after the commit, or when the batch is abandoned)."""
+        if self.fd is not None:
+            os.close(self.fd)
+        self.fd, self.files, self.dirs = None, set(), set()
 
 
 class _BatchState:
@@ -98,15 +123,23 @@ class _BatchState:
 class Syncer:
     """See the module docstring. ``enabled=False`` never fsyncs (bulk tools that can redo their work).
 
-    ``method``: ``"syncfs"`` (the default where available) or ``"fsync"`` (file by file).
+    ``method``: ``"syncfs"`` (the default where available; needs ``root``, the directory whose file
+    system holds what is written) or ``"fsync"`` (file by file).
     """
 
-    def __init__(self, enabled: bool = True, method: str = "syncfs") -> None:
+    def __init__(self, enabled: bool = True, method: str = "syncfs", root: Path | None = None) -> None:
         if method not in ("syncfs", "fsync"):
             raise ValueError(f"unknown commit method {method!r}")
         self.enabled = enabled
-        self.method = method if _SYNCFS is not None else "fsync"
+        self.root = root
+        self.method = "syncfs" if method == "syncfs" and _SYNCFS is not None and root is not None else "fsync"
+        self.failed = ""  # why a commit failed: from then on, none succeeds (see the module docstring)
         self._local = threading.local()  # a batch belongs to the thread that opened it
+
+    @property
+    def commits_may_overlap(self) -> bool:
+        """Whether a batch may be committed while the next one is being written (syncfs: yes)."""
+        return self.method == "syncfs"
 
     @property
     def _state(self) -> "_BatchState":
@@ -157,6 +190,9 @@ class Syncer:
         state = self._state
         outermost = state.depth == 0
         touched = Touched()
+        if outermost and self.enabled and self.method == "syncfs":
+            touched.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)  # type: ignore[arg-type]
+            touched.device = os.fstat(touched.fd).st_dev
         state.depth += 1
         try:
             yield touched
@@ -167,28 +203,38 @@ class Syncer:
                 state.touched = Touched()
 
     def commit(self, touched: Touched) -> None:
-        """Make ``touched`` durable: one syncfs per file system, or fsyncs file by file."""
-        if not touched:
-            return
-        dirs = [d for d in sorted(touched.dirs) if d.is_dir()]
-        if self.method == "syncfs":
-            for folder in _one_per_device(dirs + [f.parent for f in touched.files]):
-                syncfs(folder)
-            return
-        with ThreadPoolExecutor(_FLUSH_THREADS) as pool:
-            list(pool.map(_fsync_path, sorted(touched.files)))  # contents first: a durable entry names durable data
-            list(pool.map(fsync_dir, dirs))
-
-
-def _one_per_device(folders: list[Path]) -> list[Path]:
-    """One existing folder for each file system among ``folders``."""
-    seen: dict[int, Path] = {}
-    for folder in dict.fromkeys(folders):
+        """Make ``touched`` durable (then forget it): one syncfs, or fsyncs file by file."""
         try:
-            seen.setdefault(os.stat(folder).st_dev, folder)
-        except FileNotFoundError:
-            continue
-    return list(seen.values())
+            if self.failed:
+                raise OSError(errno.EIO, f"an earlier commit failed ({self.failed}); "
+                                         "nothing counts as durable until helpdeskd is restarted")
+            if touched:
+                try:
+                    self._commit(touched)
+                except OSError as exc:
+                    self.failed = str(exc)
+                    raise
+        finally:
+            touched.close()
+
+    def _commit(self, touched: Touched) -> None:
+        files, dirs = touched.files, {d for d in touched.dirs if d.is_dir()}
+        if touched.fd is not None:
+            _syncfs(touched.fd, self.root)  # type: ignore[arg-type]
+            elsewhere = {d for d in {*dirs, *(f.parent for f in files)} if _device(d) not in (None, touched.device)}
+            files = {f for f in files if f.parent in elsewhere}
+            dirs = {d for d in dirs if d in elsewhere}
+        if files or dirs:
+            with ThreadPoolExecutor(_FLUSH_THREADS) as pool:
+                list(pool.map(_fsync_path, sorted(files)))  # contents first: a durable entry names durable data
+                list(pool.map(fsync_dir, sorted(dirs)))
+
+
+def _device(folder: Path) -> int | None:
+    try:
+        return os.stat(folder).st_dev
+    except FileNotFoundError:
+        return None
 
 
 IMMEDIATE = Syncer()  # the default: every write durable before it returns; never used for batches

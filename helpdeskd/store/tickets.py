@@ -59,7 +59,7 @@ class TicketStore:
     def __init__(self, state_dir: Path, *, durable: bool = True, sync: Syncer | None = None) -> None:
         """``sync`` is shared with the outbox for group commits; ``durable=False`` never fsyncs (bulk tools)."""
         self.root = state_dir
-        self.sync = sync or Syncer(enabled=durable)
+        self.sync = sync or Syncer(enabled=durable, root=state_dir)
         self._unit = _Unit()
         for sub in ("tickets", "index/keys", "index/msgid"):
             ensure_dir(state_dir / sub, sync=self.sync)
@@ -94,8 +94,8 @@ class TicketStore:
             yield
             return
         first = self._next_free(self.last_id() + 1)
-        unit.ids = list(range(first, first + count))
-        atomic_write(self.root / "seq", f"{unit.ids[-1]}\n".encode(), sync=self.sync)
+        atomic_write(self.root / "seq", f"{first + count - 1}\n".encode(), sync=self.sync)
+        unit.ids = list(range(first, first + count))  # only once seq says so: a failed write reserves nothing
         try:
             yield
         finally:
@@ -111,7 +111,7 @@ class TicketStore:
         return self.root / "index" / "keys" / key[:2] / key[2:4] / key
 
     def _msgid_path(self, message_id: str) -> Path:
-        digest = hashlib.sha1(message_id.strip().lower().encode("utf-8", "replace")).hexdigest()
+        digest = hashlib.sha1(_msgid_key(message_id).encode("utf-8", "replace")).hexdigest()
         return self.root / "index" / "msgid" / digest[:2] / digest[2:4] / digest
 
     # -- ids -----------------------------------------------------------------------------------
@@ -258,21 +258,26 @@ class TicketStore:
         ensure_dir(path.parent, sync=self.sync)
         atomic_write(path, f"{ticket_id}\n".encode(), sync=self.sync)
         if self._unit.depth:
-            self._unit.msgids[message_id] = ticket_id
+            self._unit.msgids[_msgid_key(message_id)] = ticket_id
 
     def find_by_message_id(self, message_id: str) -> int | None:
         if not message_id:
             return None
-        unit = self._unit
-        if message_id in unit.msgids:
-            return unit.msgids[message_id]
+        unit, key = self._unit, _msgid_key(message_id)
+        if key in unit.msgids:
+            return unit.msgids[key]
         try:
             found: int | None = int(self._msgid_path(message_id).read_text().strip())
         except (FileNotFoundError, ValueError):
             found = None
         if unit.depth:
-            unit.msgids[message_id] = found
+            unit.msgids[key] = found
         return found
+
+
+def _msgid_key(message_id: str) -> str:
+    """Message-IDs are indexed without surrounding space and case."""
+    return message_id.strip().lower()
 
 
 def ticket_to_dict(ticket: Ticket) -> dict:
