@@ -337,3 +337,19 @@ def test_a_unit_appends_a_tickets_events_together_and_before_its_metadata(tmp_pa
     assert store.has_event(1, "note", "n1")  # what was appended before the error is kept
     store.append_event(1, {"type": "note", "ref": "n2"})  # outside a unit: written at once
     assert log.read_bytes().splitlines()[-1].startswith(b'{"at"') and store.has_event(1, "note", "n2")
+
+
+def test_rate_limit_log_is_one_file_and_reads_its_older_form(tmp_path):
+    from helpdeskd.store.sentlog import SentLog
+
+    folder = tmp_path / "autoreplies"
+    folder.mkdir()
+    (folder / "all").write_text("100.000 old1\n105.000 old2\n")  # written before recipients were in it
+    log = SentLog(tmp_path)
+    assert log.count_all(0) == 2 and log.count("a@x.es", 0) == 0  # counted globally only
+    log.record("A@X.es ", "n1", 110.0, 3600)
+    log.record("b@x.es", "n2", 111.0, 3600)
+    log.record("a@x.es", "n3", 112.0, 3600)
+    assert log.count("a@x.es", 0) == 2 and log.count("a@x.es", 111.5) == 1 and log.count("b@x.es", 0) == 1
+    assert log.count_all(0) == 5 and sorted(p.name for p in folder.iterdir()) == ["all"]  # no file per address
+    assert SentLog(tmp_path).count("a@x.es", 0) == 2  # another process reads the same
