@@ -353,3 +353,17 @@ def test_rate_limit_log_is_one_file_and_reads_its_older_form(tmp_path):
     assert log.count("a@x.es", 0) == 2 and log.count("a@x.es", 111.5) == 1 and log.count("b@x.es", 0) == 1
     assert log.count_all(0) == 5 and sorted(p.name for p in folder.iterdir()) == ["all"]  # no file per address
     assert SentLog(tmp_path).count("a@x.es", 0) == 2  # another process reads the same
+
+
+def test_a_claim_cut_short_by_a_crash_is_decided_again(svc):
+    from helpdeskd.parse import parse
+
+    raw = mail(message_id="<cut@cliente.es>")
+    key = parse(raw, svc.config.limits).key
+    claim = svc.store._key_path(key)
+    claim.parent.mkdir(parents=True, exist_ok=True)
+    claim.write_bytes(b'{"action": "ne')  # killed while the claim was first being written
+    assert svc.store.read_claim(key) is None
+    outcome = file_safely(Inbound("t", "1", raw), svc)
+    assert outcome.action == "new" and svc.store.read_claim(key)["ticket"] == outcome.ticket
+    assert file_safely(Inbound("t", "1", raw), svc).action == "duplicate"

@@ -246,6 +246,24 @@ def atomic_write(path: Path, data: bytes, *, sync: Syncer = IMMEDIATE) -> None:
     sync.directory(path.parent)
 
 
+def write_new(path: Path, data: bytes, *, sync: Syncer = IMMEDIATE) -> None:
+    """Write a file that most likely does not exist yet straight under its name (one create instead of
+    a temporary file and a rename); replace it atomically if it does exist. For records whose readers
+    take an empty or cut-short file for a missing one (JSON claims, index entries): a crash mid-write
+    leaves nothing a reader would trust."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+    except FileExistsError:
+        atomic_write(path, data, sync=sync)
+        return
+    try:
+        _write_all(fd, data)
+        sync.file(path, fd)
+    finally:
+        os.close(fd)
+    sync.directory(path.parent)
+
+
 def create_exclusive(path: Path, data: bytes, *, sync: Syncer = IMMEDIATE) -> bool:
     """Create ``path`` with ``data`` unless it exists. Returns False when it already did.
 

@@ -33,7 +33,7 @@ import tomli_w
 
 from ..errors import PermanentError
 from ..ticket import Requester, Status, Ticket
-from .fsutil import Syncer, append_line, atomic_write, create_exclusive, ensure_dir
+from .fsutil import Syncer, append_line, atomic_write, create_exclusive, ensure_dir, write_new
 
 _TICKET_FIELDS = {f.name for f in fields(Ticket)} - {"extra", "requester", "status"}
 
@@ -242,12 +242,12 @@ class TicketStore:
         except FileNotFoundError:
             return None
         except ValueError:
-            return None  # torn by a crash before rename cannot happen; a hand-edited file is ignored
+            return None  # cut short by a crash while first written (write_new), or edited by hand
 
     def write_claim(self, key: str, record: dict) -> None:
         path = self._key_path(key)
         ensure_dir(path.parent, sync=self.sync)
-        atomic_write(path, json.dumps(record, sort_keys=True).encode(), sync=self.sync)
+        write_new(path, json.dumps(record, sort_keys=True).encode(), sync=self.sync)
 
     def index_message_id(self, message_id: str, ticket_id: int) -> None:
         if not message_id:
@@ -256,7 +256,7 @@ class TicketStore:
             return  # already there (filing indexes early, then again when it completes)
         path = self._msgid_path(message_id)
         ensure_dir(path.parent, sync=self.sync)
-        atomic_write(path, f"{ticket_id}\n".encode(), sync=self.sync)
+        write_new(path, f"{ticket_id}\n".encode(), sync=self.sync)
         if self._unit.depth:
             self._unit.msgids[_msgid_key(message_id)] = ticket_id
 
