@@ -7,6 +7,7 @@ Subject tags and foreign Message-IDs are hints only; authorization is decided in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -57,6 +58,7 @@ def own_reference(message_id: str, domain: str) -> Reference | None:
     return Reference(int(match.group(1)), match.group(2).lower())
 
 
+@functools.lru_cache(maxsize=16)  # one tag format per config; asked for several times per message
 def tag_pattern(tag_format: str) -> re.Pattern[str]:
     """A forgiving regex for the configured subject tag: spaces and case may vary, ``{id}`` is the number."""
     before, _, after = tag_format.partition("{id}")
