@@ -221,14 +221,7 @@ def _file_locked(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger,
         with sync.collect() as touched:
             try:
                 with svc.store.ids_reserved(len(batch.items)):
-                    for item, raw in zip(batch.items, batch.raws):
-                        if raw is None:
-                            log.warning("pop3_retr_refused", mailbox=mailbox.name, uid=item.uid, number=item.number)
-                            continue
-                        upstream_id = item.uid or f"key:{parse(raw, svc.config.limits).key}"
-                        if upstream_id not in ledger:  # only without UIDL can a filed message come back here
-                            _file_one(Inbound(mailbox.name, upstream_id, raw), mailbox, svc, result)
-                        filed.append((item, upstream_id))
+                    _file_each(batch, mailbox, svc, ledger, result, filed)
             except TransientError as exc:
                 failure = exc
             except OSError as exc:
@@ -243,6 +236,18 @@ def _file_locked(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger,
                 filed.clear()  # none of it is durable
                 return touched, TransientError(f"storage failed: {exc}")
     return touched, failure
+
+
+def _file_each(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, result: Pop3Result,
+               filed: list[tuple[Listed, str]]) -> None:
+    for item, raw in zip(batch.items, batch.raws):
+        if raw is None:
+            log.warning("pop3_retr_refused", mailbox=mailbox.name, uid=item.uid, number=item.number)
+            continue
+        upstream_id = item.uid or f"key:{parse(raw, svc.config.limits).key}"
+        if upstream_id not in ledger:  # only without UIDL can a filed message come back here
+            _file_one(Inbound(mailbox.name, upstream_id, raw), mailbox, svc, result)
+        filed.append((item, upstream_id))
 
 
 def _commit(filed: list[tuple[Listed, str]], touched: Touched, svc: Services, ledger: Ledger) -> list[int]:

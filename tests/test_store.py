@@ -367,3 +367,13 @@ def test_a_claim_cut_short_by_a_crash_is_decided_again(svc):
     outcome = file_safely(Inbound("t", "1", raw), svc)
     assert outcome.action == "new" and svc.store.read_claim(key)["ticket"] == outcome.ticket
     assert file_safely(Inbound("t", "1", raw), svc).action == "duplicate"
+
+
+def test_an_append_after_a_torn_line_starts_a_line_of_its_own(tmp_path):
+    store = TicketStore(tmp_path)
+    store.append_event(1, {"type": "note", "ref": "a"})
+    log = store.ticket_dir(1) / "events.jsonl"
+    with log.open("ab") as torn:
+        torn.write(b'{"type": "note", "ref": "b", "te')  # power lost mid-append
+    store.append_event(1, {"type": "note", "ref": "c"})
+    assert [e["ref"] for e in store.events(1)] == ["a", "c"]  # the torn one skipped, the next kept

@@ -284,8 +284,17 @@ def create_exclusive(path: Path, data: bytes, *, sync: Syncer = IMMEDIATE) -> bo
 
 
 def append_line(path: Path, line: bytes, *, sync: Syncer = IMMEDIATE) -> None:
-    """Append one line. A crash may leave a torn last line; readers skip it."""
-    _write_file(path, os.O_APPEND, line, sync, path)
+    """Append one line (or several). A crash may leave a torn last line: readers skip it, and the
+    next append starts a line of its own instead of finishing that one (which would lose both)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            line = b"\n" + line
+        _write_all(fd, line)
+        sync.file(path, fd)
+    finally:
+        os.close(fd)
     sync.directory(path.parent)  # the first append creates the file
 
 
@@ -306,14 +315,14 @@ def _write_aside(path: Path, data: bytes, sync: Syncer) -> Path:
     """``data`` in a temporary file beside ``path`` (synced, or recorded for the group commit under
     ``path``, the name it will have); returns the temporary file's path."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer thread
-    _write_file(tmp, os.O_TRUNC, data, sync, path)
+    _write_file(tmp, data, sync, path)
     return tmp
 
 
-def _write_file(target: Path, mode: int, data: bytes, sync: Syncer, synced_as: Path) -> None:
-    """Write ``data`` to ``target`` (opened with ``mode``: O_TRUNC or O_APPEND) and hand it to ``sync``
-    under the name ``synced_as`` (the final name of a temporary file)."""
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | mode, 0o640)
+def _write_file(target: Path, data: bytes, sync: Syncer, synced_as: Path) -> None:
+    """Write ``data`` to ``target`` (created or truncated) and hand it to ``sync`` under the name
+    ``synced_as`` (the final name of a temporary file)."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
     try:
         _write_all(fd, data)
         sync.file(synced_as, fd)

@@ -83,7 +83,9 @@ class TicketStore:
                     for ticket_id in list(unit.pending):
                         self._write_events(ticket_id)
                 finally:
-                    unit.events.clear(), unit.pending.clear(), unit.msgids.clear()
+                    unit.events.clear()
+                    unit.pending.clear()
+                    unit.msgids.clear()
 
     @contextmanager
     def ids_reserved(self, count: int) -> Iterator[None]:
