@@ -80,7 +80,11 @@ def child_helpdeskd(config: str, no_fsync: bool = False, profile: str = "") -> d
     import os
 
     if no_fsync:  # a what-if, never a setting: how fast the same path runs when durability costs nothing
+        from helpdeskd.store import fsutil
+
         os.fsync = lambda fd: None
+        if fsutil._SYNCFS is not None:
+            fsutil._SYNCFS = lambda fd: 0
     from helpdeskd import logs
     from helpdeskd.cycle import Services
     from helpdeskd.gateway import poll_pop3_fully
