@@ -218,12 +218,13 @@ class Syncer:
             touched.close()
 
     def _commit(self, touched: Touched) -> None:
-        files, dirs = touched.files, {d for d in touched.dirs if d.is_dir()}
+        files, dirs = touched.files, touched.dirs
         if touched.fd is not None:
             _syncfs(touched.fd, self.root)  # type: ignore[arg-type]
             elsewhere = {d for d in {*dirs, *(f.parent for f in files)} if _device(d) not in (None, touched.device)}
             files = {f for f in files if f.parent in elsewhere}
             dirs = {d for d in dirs if d in elsewhere}
+        dirs = {d for d in dirs if d.is_dir()}  # moved away later in the batch: its new place was recorded
         if files or dirs:
             with ThreadPoolExecutor(_FLUSH_THREADS) as pool:
                 list(pool.map(_fsync_path, sorted(files)))  # contents first: a durable entry names durable data
