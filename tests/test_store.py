@@ -377,3 +377,26 @@ def test_an_append_after_a_torn_line_starts_a_line_of_its_own(tmp_path):
         torn.write(b'{"type": "note", "ref": "b", "te')  # power lost mid-append
     store.append_event(1, {"type": "note", "ref": "c"})
     assert [e["ref"] for e in store.events(1)] == ["a", "c"]  # the torn one skipped, the next kept
+
+
+def test_what_lies_on_another_file_system_is_fsynced_file_by_file(tmp_path, monkeypatch):
+    from helpdeskd.store import fsutil
+
+    if fsutil._SYNCFS is None or os.geteuid() != 0:
+        pytest.skip("needs syncfs(2) and root (to mount a tmpfs inside the state directory)")
+    other = tmp_path / "other"
+    other.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(other)], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        synced: list[str] = []
+        real_fsync = os.fsync
+        monkeypatch.setattr(fsutil.os, "fsync",
+                            lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1])
+        syncer = fsutil.Syncer(root=tmp_path)
+        with syncer.batch():
+            atomic_write(tmp_path / "here", b"x", sync=syncer)
+            atomic_write(other / "there", b"y", sync=syncer)
+        assert sorted(synced) == [str(other), str(other / "there")]  # the rest went with the syncfs
+    finally:
+        subprocess.run(["umount", str(other)], check=True)
