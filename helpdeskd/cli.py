@@ -45,11 +45,16 @@ def _config_failed(exc: ConfigError, command: str) -> int:
     return EX_TEMPFAIL if command == "deliver" else EX_FAIL
 
 
+def _count(items, one: str, many: str = "") -> str:
+    return f"{len(items)} {one if len(items) == 1 else many or one + 's'}"
+
+
 def cmd_check_config(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
     c = runtime.config
     print(
-        f"helpdeskd: configuration {path} is valid: {len(c.queues)} queues, {len(c.priorities)} priorities, "
-        f"{len(c.categories)} categories, {len(c.mailboxes)} mailboxes, templates in {c.helpdesk.templates_dir}"
+        f"helpdeskd: configuration {path} is valid: {_count(c.queues, 'queue')}, "
+        f"{_count(c.priorities, 'priority', 'priorities')}, {_count(c.categories, 'category', 'categories')}, "
+        f"{_count(c.mailboxes, 'mailbox', 'mailboxes')}, templates in {c.helpdesk.templates_dir}"
         + ("" if c.helpdesk.enabled else " (helpdesk disabled)")
         + ("" if c.mail_gateway.enabled else " (mail gateway disabled: no mailbox is polled)")
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .config import load_config
@@ -29,6 +30,17 @@ from .templates import load_templates
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The entry point. Output cut short by its reader (``helpdeskctl list | head``) is not an error."""
+    try:
+        code = _main(argv)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to say, and no one to say it to
+        return 0
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     if getattr(args, "command_main", None):  # commands that must work without a valid config
         return args.command_main(args)

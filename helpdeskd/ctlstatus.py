@@ -2,8 +2,8 @@
 
 It reads what the daemon writes (``state/status/daemon.json``, see :mod:`helpdeskd.health`) and
 counts the outbox itself. Exit status, in the monitoring-plugin convention: 0 all is well, 1 something
-needs attention (a failing mailbox, a refused reload, a crashed task, dead letters), 2 the daemon is
-not running, seems hung, or the state directory cannot be found.
+needs attention (a failing mailbox, a refused reload, a crashed task, dead letters, a broken config),
+2 the daemon is not running or seems hung.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def main(args: argparse.Namespace) -> int:
     """Runs before (and without needing) a valid config: a broken config is one more thing to report."""
     state_dir, config_problems = _locate(args)
-    if state_dir is None:
+    if state_dir is None:  # the config is broken: worth attention, but the daemon may well be running
         for line in config_problems:
             print(f"helpdeskctl: {line}", file=sys.stderr)
-        return EXIT_DOWN
+        return EXIT_ATTENTION
     status, outbox = read_status(state_dir), outbox_depth(state_dir)
     problems = config_problems + attention(status, outbox)
     code = EXIT_DOWN if daemon_down(status) else EXIT_ATTENTION if problems else EXIT_OK
@@ -51,14 +51,31 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _locate(args: argparse.Namespace) -> tuple[Path | None, list[str]]:
-    """The state directory (from --state-dir, else the config), and the config's problems if it is broken."""
+    """The state directory (from --state-dir, else the config), and the config's problems if it is broken.
+
+    With --state-dir and no -c, the config checked is the one the daemon there runs on (from its status)."""
+    if args.state_dir is not None and args.config is None:
+        running = (read_status(args.state_dir) or {}).get("config")
+        return args.state_dir, _problems(Path(running)) if running else []
     path = config_path(args.config)
     try:
         config = load_config(path)
     except ConfigError as exc:
-        problems = [f"configuration {exc.source} is invalid: {'; '.join(exc.problems)}"]
+        problems = _describe(exc)
         return args.state_dir, problems if args.state_dir else problems + ["give --state-dir to see the status"]
     return args.state_dir or config.helpdesk.state_dir, []
+
+
+def _problems(path: Path) -> list[str]:
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        return _describe(exc)
+    return []
+
+
+def _describe(exc: ConfigError) -> list[str]:
+    return [f"configuration {exc.source} is invalid: {'; '.join(exc.problems)}"]
 
 
 def _show(status: dict, outbox: dict[str, int], quarantined: int, problems: list[str]) -> None:

@@ -172,7 +172,8 @@ def _apply(message: Message, inbound: Inbound, claim: dict, svc: Services, *, ag
     if claim["action"] in ("status", "confirm"):
         reply, queued, detail = apply_status(message, claim, svc)
         action = "duplicate" if again and not queued else claim["action"]
-        return Outcome(action, None, message.message_id, reply, "; ".join([detail, *claim["notes"]]))
+        return Outcome(action, None, message.message_id, None if action == "duplicate" else reply,
+                       "; ".join([detail, *claim["notes"]]))
     ticket = _create(claim, svc, inbound.source) if claim["action"] == "new" else svc.store.get(claim["ticket"])
     if ticket is None:
         raise LookupError(f"ticket #{claim['ticket']} recorded for this message no longer exists")
@@ -184,7 +185,7 @@ def _apply(message: Message, inbound: Inbound, claim: dict, svc: Services, *, ag
     action = _outcome_name(claim)
     if again and not added and not queued:
         action = "duplicate"
-    reply = next((s.template for s in sends if s.to == "sender"), None)
+    reply = None if action == "duplicate" else next((s.template for s in sends if s.to == "sender"), None)
     detail = "; ".join([*claim["notes"], *claim.get("errors", ())])
     return Outcome(action, ticket.id, message.message_id, reply, detail)
 
@@ -288,7 +289,7 @@ def _refuse(message: Message, inbound: Inbound, claim: dict, sends: list[Send], 
         occasion = _occasion(message, claim, "")
         queued = queue_refusal(svc, reply, occasion, message.subject, claim["reason"], claim.get("code", ""))
     action = "duplicate" if again and kept and not queued else "refused"
-    return Outcome(action, None, message.message_id, reply, claim["reason"])
+    return Outcome(action, None, message.message_id, None if action == "duplicate" else reply, claim["reason"])
 
 
 def _hold(message: Message, inbound: Inbound, claim: dict, svc: Services, again: bool) -> Outcome:

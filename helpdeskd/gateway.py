@@ -156,6 +156,10 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
             batch = _Batch(batch_items, session.retrieve([m.number for m in batch_items], limit))
             if filing is not None:
                 commits.append(filing.result())
+                filing = None
+            if should_stop():  # asked while retrieving or filing: this batch stays on the server
+                result.more = True
+                break
             filing = filer.submit(_file_batch, batch, mailbox, svc, ledger, locked, result, committer)
             while commits and commits[0].done():
                 _delete(session, commits.popleft().result(), cfg)

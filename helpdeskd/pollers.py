@@ -57,6 +57,8 @@ async def pop3_poller(mailbox: Mailbox, services: Callable[[], Services], filing
             cancelled.set()
             await asyncio.wait([future])
             raise
+        if result.error is None and failures:
+            log.info("pop3_recovered", mailbox=mailbox.name, after_failures=failures)
         failures = 0 if result.error is None else failures + 1
         _log(mailbox, result, failures)
         report(mailbox, result)

@@ -62,6 +62,16 @@ def test_deliver_files_and_show_displays_it(tmp_path):
     assert "ana@cliente.es" in outbox.stdout and "2 new" in outbox.stdout  # the ack and the staff notice
 
 
+def test_output_cut_short_by_its_reader_is_not_an_error(tmp_path):
+    path = write_config(tmp_path)
+    assert helpdeskd("deliver", "-c", str(path), stdin=mail()).returncode == 0
+    reader = subprocess.Popen([sys.executable, "-m", "helpdeskd.ctl", "-c", str(path), "show", "1"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    reader.stdout.close()  # like "| head -0": gone before the first line is written
+    stderr = reader.stderr.read().decode()
+    assert reader.wait(timeout=60) == 0 and "Traceback" not in stderr and "BrokenPipe" not in stderr
+
+
 def test_deliver_the_same_mail_twice_is_one_ticket(tmp_path):
     path = write_config(tmp_path)
     for _ in range(2):

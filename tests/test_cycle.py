@@ -55,6 +55,7 @@ def test_same_bytes_twice_is_one_ticket_one_ack(svc):
     raw = mail()
     first, second = file_safely(inbound(raw), svc), file_safely(inbound(raw), svc)
     assert first.action == "new" and second.action == "duplicate" and second.ticket == 1
+    assert first.reply == "ack_new" and second.reply is None  # the log line must not claim a second answer
     assert svc.store.last_id() == 1 and len(outbox_entries(svc)) == 1
 
 

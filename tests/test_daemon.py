@@ -161,6 +161,10 @@ def test_reload_with_broken_toml_or_template_keeps_the_old_config(tmp_path, runn
     code, report = status_json(config, "--state-dir", str(state))  # the broken file cannot say where
     assert code == 1 and report["status"]["reload_failed"]["problems"] == refused[0]["problems"]
     assert any("is invalid" in line for line in report["attention"])
+    alone = run_cli("status", "--json", "--state-dir", str(state), ctl=True)  # no -c: the daemon's own config
+    assert alone.returncode == 1
+    assert any(str(config) in line and "is invalid" in line for line in json.loads(alone.stdout)["attention"])
+    assert ctl(config, "status").returncode == 1  # the broken file cannot say where: attention, not "down"
 
     config.write_text(good)
     (templates / "en" / "ack_new.txt").write_text("{{ ticket.id }\n")

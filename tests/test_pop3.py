@@ -474,3 +474,40 @@ def test_two_mailboxes_file_to_their_queues_while_a_third_is_down(dovecot, tmp_p
     status = json.loads((tmp_path / "state" / "status" / "daemon.json").read_text())["mailboxes"]
     assert status["dead"]["last_error"] == "connection refused (connect)" and status["dead"]["failures"] >= 3
     assert status["tech"]["last_error"] is None and status["tech"]["counts"]["new"] == 3
+
+
+def test_the_daemon_says_when_a_failing_mailbox_recovers(own_dovecot, tmp_path):
+    box = Box(own_dovecot, tmp_path)
+    own_dovecot.stop()
+    box.put(*many(2))
+    config = write_toml(tmp_path, box.entry(interval=0.1, backoff_max="0.4s"))
+    log = tmp_path / "daemon.log"
+    daemon = start_daemon(config, log)
+    try:
+        wait_for(lambda: len(logged(log, "pop3_failed")) >= 2, "the stopped server to be retried")
+        own_dovecot.start()
+        wait_for(lambda: logged(log, "pop3_recovered"), "the recovery to be logged")
+        wait_for(lambda: box.left == 0, "the mailbox to be emptied")
+    finally:
+        daemon.terminate()
+        assert daemon.wait(timeout=60) == 0
+    [recovered] = logged(log, "pop3_recovered")
+    assert recovered["mailbox"] == "support" and recovered["after_failures"] >= 2
+
+
+def test_asked_to_stop_while_retrieving_the_retrieved_batch_stays_on_the_server(dovecot, tmp_path, monkeypatch):
+    from helpdeskd.sources import pop3 as pop3_source
+
+    box = Box(dovecot, tmp_path)
+    box.put(*many(9))
+    svc = services(tmp_path, box.entry(batch=3))
+    real_retrieve, retrieved = pop3_source.Pop3Session.retrieve, []
+
+    def retrieve(self, numbers, limit):
+        retrieved.append(numbers)
+        return real_retrieve(self, numbers, limit)
+
+    monkeypatch.setattr(pop3_source.Pop3Session, "retrieve", retrieve)
+    result = poll_pop3(svc.config.mailboxes[0], svc, should_stop=lambda: len(retrieved) >= 2)  # SIGTERM in the 2nd
+    assert result.error is None and result.more and result.counts == {"new": 3}
+    assert box.left == 6 and len(tickets(svc)) == 3  # the first batch filed and deleted; the second left alone
