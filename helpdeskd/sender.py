@@ -10,8 +10,10 @@ For each message in ``outbox/new/`` whose retry time has come, oldest first:
 A message failing never holds up the others: its own schedule grows (first delay, doubled each
 time, capped) and the pass goes on with the next one. When no session can be opened at all (server
 down, TLS or login refused) the remaining due messages are deferred with that reason rather than
-each waiting for its own timeout. Delivery is at-least-once: a crash between the server's 250 and
-the move to ``cur/`` sends that one message again after a restart; SMTP offers nothing better.
+each waiting for its own timeout. A pass with anything to send first makes the state directory's
+file system durable (one syncfs), since mail is queued before its batch's group commit. Delivery is
+at-least-once: a crash between the server's 250 and the move to ``cur/`` sends that one message again
+after a restart; SMTP offers nothing better.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .errors import ConfigError, PermanentError, TransientError
 from .logs import get
 from .settings import Smtp
 from .smtp import ConnectionFailed, SmtpSession, resolve_password
+from .store.fsutil import settle
 from .store.outbox import Outbox, OutboxEntry
 
 log = get("sender")
@@ -56,8 +59,11 @@ class Sender:
         result = SendResult()
         session: SmtpSession | None = None
         down: str | None = None  # why no session could be had during this pass
+        due = self._due(result)
+        if due and not self._settled(result):
+            return result
         try:
-            for entry in self._due(result):
+            for entry in due:
                 if should_stop():
                     break
                 if down is None and session is None:
@@ -78,6 +84,18 @@ class Sender:
             elif result.next_due_in is None or wait < result.next_due_in:
                 result.next_due_in = wait
         return due
+
+    def _settled(self, result: SendResult) -> bool:
+        """Whether what is about to be sent is on disk. A message is queued before its batch's group
+        commit (which may still be running): sending it first could announce a ticket that a power
+        failure then undoes (and the message, filed again, would be announced twice)."""
+        try:
+            settle(self.outbox.root.parent)
+        except OSError as exc:
+            result.errors.append(f"storage failed: {exc}")
+            log.error("storage_failed", error=str(exc))
+            return False
+        return True
 
     def _session(self) -> tuple[SmtpSession | None, str | None]:
         try:

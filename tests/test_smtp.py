@@ -290,3 +290,28 @@ def test_header_injection_never_reaches_the_wire(svc, peer, field):
     sent = parse(got.data)
     assert sent.header("bcc") is None and b"\r\nBcc:" not in got.data
     assert [name for name, _ in sent.headers].count("to") == 1
+
+
+def test_nothing_is_sent_before_it_is_on_disk(svc, monkeypatch):
+    from helpdeskd import sender as sender_module
+
+    handler, order = Handler(), []
+    controller = start(handler)
+    real_settle = sender_module.settle
+
+    def broken(folder):
+        raise OSError(5, "Input/output error")
+
+    try:
+        queue(svc, 2)
+        smtp = smtp_settings(controller.port)
+        monkeypatch.setattr(sender_module, "settle", broken)
+        result = Sender(svc.outbox, smtp).run_once()
+        assert result.sent == 0 and "Input/output error" in result.errors[0]
+        assert svc.outbox.depth()["new"] == 2 and handler.received == []  # kept, not sent
+        monkeypatch.setattr(sender_module, "settle",
+                            lambda folder: (order.append(("settle", folder, len(handler.received))), real_settle(folder)))
+        assert Sender(svc.outbox, smtp).run_once().sent == 2
+        assert order == [("settle", svc.config.helpdesk.state_dir, 0)]  # once per pass, before the first send
+    finally:
+        controller.stop()

@@ -74,6 +74,20 @@ def _syncfs(fd: int, what: Path) -> None:
         raise OSError(err, f"syncfs {what}: {os.strerror(err)}")
 
 
+def settle(folder: Path) -> None:
+    """Make everything written so far on ``folder``'s file system durable: syncfs where it reports
+    errors, else ``sync()``. For acting outside on what may not be committed yet (the sender: no
+    acknowledgment may announce a ticket that a power failure could still undo)."""
+    if _SYNCFS is None:
+        os.sync()
+        return
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        _syncfs(fd, folder)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename or create inside ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
