@@ -58,7 +58,7 @@ class Daemon:
         self.log_level = log_level  # --log-level wins over the config's level, across reloads too
         self.svc = Services.open(runtime.config, runtime.templates)
         self.notifier = notifier or Notifier.from_environment()
-        self.health = Health(config=str(path))
+        self.health = Health(config=str(path.absolute()))  # read by helpdeskctl status from anywhere
         self.stopping = False
         self._swapping = False  # a reload waits for the filing lock: pollers yield between messages
         self._reload_wanted = False

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .settings import Config
-from .store.fsutil import Syncer, Touched
+from .store.fsutil import Syncer
 from .store.confirmations import Confirmations
 from .store.holding import Holding
 from .store.lock import WRITE, StateLock
@@ -50,10 +50,6 @@ class Services:
     def batch(self) -> AbstractContextManager[Syncer]:
         """Group commit: what is written inside is durable when the block exits (see store.fsutil)."""
         return self.store.sync.batch()
-
-    def collect(self) -> AbstractContextManager[Touched]:
-        """Like :meth:`batch`, but the commit is the caller's (``store.sync.commit``), in any thread."""
-        return self.store.sync.collect()
 
     def write_lock(self, wait_seconds: float = 30.0) -> StateLock:
         """The store's write lock, taken around each change (see :mod:`helpdeskd.store.lock`)."""

@@ -249,3 +249,11 @@ def ensure_maildir(path: Path) -> Path:
 
 def ticket_exists(tmp_path: Path, n: int) -> bool:
     return (tmp_path / "state" / "tickets" / str(n // 1000) / str(n) / "ticket.toml").exists()
+
+
+def test_the_status_names_the_config_by_an_absolute_path(tmp_path, monkeypatch):
+    """helpdeskctl status --state-dir reads it from wherever it runs."""
+    config = write_config(tmp_path, config_data(tmp_path))
+    monkeypatch.chdir(config.parent)
+    daemon = Daemon(Path(config.name), load(Path(config.name)), notifier=Notifier())
+    assert daemon.health.config == str(config) and Path(daemon.health.config).is_absolute()
