@@ -40,7 +40,7 @@ class Notifier:
             return False
         payload = "\n".join(f"{key}={_one_line(value)}" for key, value in fields.items()).encode()
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
                 sock.sendto(payload, self.address)
         except OSError as exc:  # the manager went away or the socket is full: not our failure to handle
             log.debug("notify_failed", error=str(exc), fields=sorted(fields))

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from .errors import ConfigError, PermanentError, TransientError
 from .passwords import read_password
 from .settings import Smtp
+from .tls import verified_context
 
 
 class ConnectionFailed(TransientError):
@@ -43,11 +44,12 @@ def resolve_password(smtp: Smtp, environ: Mapping[str, str] = os.environ) -> str
 
 
 def tls_context(smtp: Smtp) -> ssl.SSLContext:
-    """A verifying client context (certificate and host name); ``ca_file`` replaces the system trust store."""
+    """The verifying context for the next hop (see :mod:`helpdeskd.tls`); an unusable ``ca_file`` is a
+    failed connection (the messages wait), not a failed message."""
     try:
-        return ssl.create_default_context(cafile=str(smtp.ca_file) if smtp.ca_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConnectionFailed(f"smtp.ca_file {smtp.ca_file}: {exc}") from exc
+        return verified_context(smtp.ca_file)
+    except PermanentError as exc:
+        raise ConnectionFailed(f"smtp.{exc}") from exc
 
 
 class SmtpSession:
@@ -73,6 +75,9 @@ class SmtpSession:
         except smtplib.SMTPResponseException as exc:  # sender refused, data refused, ...
             self._reset()
             raise _by_code(exc.smtp_code, exc.smtp_error, "refused") from exc
+        except UnicodeError as exc:  # an address smtplib cannot write: no retry can help this message
+            self._reset()
+            raise PermanentError(f"cannot be sent as is: {exc}") from exc
         except (smtplib.SMTPException, OSError) as exc:  # dropped connection, timeout mid-message
             self._drop()
             raise TransientError(f"connection lost while sending: {_describe(exc)}") from exc

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import poplib
 import signal
 import socket
 import subprocess
@@ -264,6 +265,19 @@ def test_a_wrong_password_is_reported_and_nothing_is_touched(dovecot, tmp_path):
     result = poll_pop3(svc.config.mailboxes[0], svc)
     assert result.permanent and result.error.startswith(f"authentication failed for {box.user!r}")
     assert box.left == 1 and tickets(svc) == []
+
+
+def test_a_mailbox_in_use_is_a_passing_failure_not_a_bad_password(dovecot, tmp_path, monkeypatch):
+    box = Box(dovecot, tmp_path)
+    box.put(*many(1))
+    svc = services(tmp_path, box.entry())
+
+    def in_use(self, password):  # what a server answers while another session holds the mailbox
+        raise poplib.error_proto(b"-ERR [IN-USE] Mailbox is locked by another session")
+
+    monkeypatch.setattr(poplib.POP3, "pass_", in_use)
+    result = poll_pop3(svc.config.mailboxes[0], svc)
+    assert result.error.startswith("login refused for now") and not result.permanent and box.left == 1
 
 
 def test_password_from_environment_and_systemd_credential(dovecot, tmp_path, monkeypatch):

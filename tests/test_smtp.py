@@ -315,3 +315,20 @@ def test_nothing_is_sent_before_it_is_on_disk(svc, monkeypatch):
         assert order == [("settle", svc.config.helpdesk.state_dir, 0)]  # once per pass, before the first send
     finally:
         controller.stop()
+
+
+def test_an_address_smtplib_cannot_write_is_a_permanent_failure_of_that_message():
+    from helpdeskd.errors import PermanentError
+    from helpdeskd.smtp import SmtpSession
+
+    handler = Handler()
+    controller = start(handler)
+    try:
+        session = SmtpSession(smtp_settings(controller.port), None)
+        with pytest.raises(PermanentError, match="cannot be sent as is"):
+            session.send("", ["josé@cliente.example"], b"Subject: x\r\n\r\nhola\r\n")
+        session.send("", ["ana@cliente.example"], b"Subject: y\r\n\r\nhola\r\n")  # the session still works
+        session.close()
+    finally:
+        controller.stop()
+    assert [m.rcpt_tos for m in handler.received] == [["ana@cliente.example"]]

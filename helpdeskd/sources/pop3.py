@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from ..errors import PermanentError, TransientError
 from ..passwords import read_password
 from ..settings import Pop3
+from ..tls import verified_context
 
 MAX_LINE = 1024 * 1024  # poplib's own limit (2,048 bytes) refuses real mail with long lines
 PIPELINE_MAX = 64  # commands sent before reading answers; small enough never to fill a socket buffer
@@ -46,16 +47,6 @@ def password(cfg: Pop3) -> str:
     if value is None:
         raise PermanentError("mailbox: no password source configured")
     return value
-
-
-def tls_context(cfg: Pop3) -> ssl.SSLContext:
-    """A verifying client context: system CAs, or only ``ca_file`` when configured; TLS 1.2 or newer."""
-    try:
-        context = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-    except (OSError, ssl.SSLError) as exc:
-        raise PermanentError(f"ca_file {cfg.ca_file}: {getattr(exc, 'strerror', None) or exc}") from exc
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    return context
 
 
 class _Client(poplib.POP3):
@@ -207,7 +198,7 @@ class Pop3Session:
 
 def connect(cfg: Pop3) -> Pop3Session:
     """Connect, secure the channel as configured, log in. Raises Transient/PermanentError with the cause."""
-    context = None if cfg.allow_plaintext and not cfg.implicit_tls else tls_context(cfg)
+    context = None if cfg.allow_plaintext and not cfg.implicit_tls else verified_context(cfg.ca_file)
     secret = password(cfg)
     try:
         client = _Client(cfg, context)
@@ -235,10 +226,16 @@ def _login(client: _Client, cfg: Pop3, context: ssl.SSLContext | None, password:
         client.user(cfg.user)
         client.pass_(password)
     except poplib.error_proto as exc:
-        raise PermanentError(f"authentication failed for {cfg.user!r}: {_server_text(exc)}") from exc
+        text = _server_text(exc)
+        if text.startswith(_TEMPORARY):  # RFC 2449/3206: another session holds it, or a passing fault
+            raise TransientError(f"login refused for now for {cfg.user!r}: {text}") from exc
+        raise PermanentError(f"authentication failed for {cfg.user!r}: {text}") from exc
     except OSError as exc:
         raise _translate(exc, "login") from exc
     return Pop3Session(client, pipelining="PIPELINING" in _capabilities(client))
+
+
+_TEMPORARY = ("-ERR [IN-USE]", "-ERR [SYS/TEMP]", "[IN-USE]", "[SYS/TEMP]")
 
 
 def _starttls(client: _Client, context: ssl.SSLContext | None) -> None:
