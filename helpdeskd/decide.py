@@ -29,7 +29,7 @@ from .actions import (
 from .commands import CC_VERBS, CUSTOMER_COMMANDS, ME_WORDS, STATUS_WORDS, Command, Commands, fold, read_commands
 from .identity import Confirmation, status_decision
 from .lang import choose_language
-from .loops import LOOP_HEADER, is_delivery_report, no_autoreply_reason, rate_limit_reason
+from .loops import LOOP_HEADER, can_write_to, is_delivery_report, no_autoreply_reason, rate_limit_reason
 from .matching import (
     Reference, our_references, own_reference, plus_references, reported_references, strip_reply_prefixes, tag_pattern,
     tagged_ids, verify,
@@ -119,14 +119,15 @@ def _decide(message: Message, view: View, config: Config) -> Decision:
     return _submission(message, view, config, lang, quiet)
 
 
-def _submission(message: Message, view: View, config: Config, lang: str, quiet: str | None) -> Decision:
+def _submission(message: Message, view: View, config: Config, lang: str, quiet: str | None,
+                linked: tuple[int, ...] = ()) -> Decision:
     """A new ticket, unless the submission policy refuses or holds it (see scopes.submission_refusal)."""
     addr = message.sender.addr if message.sender else ""
     origin = classify(addr, config.access)
     refusal = submission_refusal(origin, addr, config.access, config.helpdesk.allow_customer_tickets,
                                  view.released)
     if refusal is None:
-        return _new_ticket(message, view, config, lang, quiet, origin=origin)
+        return _new_ticket(message, view, config, lang, quiet, linked, origin)
     verdict, code, reason = refusal
     if verdict == "hold":
         return Decision(Hold(reason, code), (), lang)
@@ -242,7 +243,7 @@ def _collaborators_from(addrs, sender: str, config: Config) -> tuple[str, ...]:
     ours = config.helpdesk.address.lower()
     return tuple(dict.fromkeys(
         a for a in addrs
-        if "@" in a and a.isascii() and a not in (ours, sender) and not config.is_staff(a) and not _is_plus_of(a, ours)
+        if can_write_to(a) and a not in (ours, sender) and not config.is_staff(a) and not _is_plus_of(a, ours)
     ))
 
 
@@ -293,7 +294,7 @@ def _customer(message: Message, match: Match, commands: Commands, lang: str, con
     reopen = False
     if ticket.status == Status.CLOSED and not closing:
         if hd.closed_reply == "new":
-            return _new_ticket(message, replace(view, tickets={}), config, lang, None, linked=(ticket.id,))
+            return _submission(message, view, config, lang, None, linked=(ticket.id,))  # the same rules as new mail
         if hd.closed_reply == "refuse":
             return Decision(FollowUp(ticket.id, role), (Send("closed_reply", SENDER),), lang)
         reopen = True
@@ -337,7 +338,7 @@ def _cc(cmd: Command, changes: list[Change], errors: list[str], config: Config) 
     verb, _, addr = cmd.value.partition(" ")
     addr = addr.strip().strip("<>").lower()
     action = CC_VERBS.get(fold(verb))
-    if action is None or "@" not in addr or any(ch in addr for ch in " ,;\r\n") or not addr.isascii():
+    if action is None or not can_write_to(addr):
         errors.append(f"{cmd.source}: write #cc add ADDRESS or #cc remove ADDRESS")
     elif action == "add" and not _collaborators_from((addr,), "", config):
         errors.append(f"{cmd.source}: {addr} is the helpdesk or its staff, not a collaborator")

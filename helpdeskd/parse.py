@@ -121,7 +121,7 @@ def _degraded(raw: bytes, limits: Limits, reason: str) -> Message:
                        defects=(reason, "headers unreadable"), size=len(raw))
 
 
-_CONTAINER = re.compile(rb"boundary\s*=|message/", re.IGNORECASE)
+_CONTAINER = re.compile(rb"boundary\s*=|content-type:\s*message/", re.IGNORECASE)  # not "message/" in text
 
 
 def _too_many_containers(raw: bytes, limit: int) -> bool:

@@ -175,6 +175,15 @@ def test_reply_to_closed_ticket_can_start_a_linked_ticket(tmp_path):
     assert svc.store.get(outcome.ticket).linked == (tid,) and svc.store.get(tid).status == "closed"
 
 
+def test_a_linked_ticket_from_a_closed_one_obeys_the_submission_rules(tmp_path):
+    svc = helpdesk(tmp_path, closed_reply="new")
+    tid, ack = open_ticket(svc)
+    svc.store.save(svc.store.get(tid).with_changes(status="closed"))
+    closed = Services.open(make_config(tmp_path, closed_reply="new", allow_customer_tickets=False), svc.templates)
+    outcome = send(closed, answer_to(ack, "Vuelve a fallar.", "ana@cliente.es"))
+    assert outcome.action == "refused" and closed.store.last_id() == tid  # as fresh mail would be
+
+
 # -- staff ---------------------------------------------------------------------------------------------
 def staff_notice(svc, tid: int):
     [notice] = mails(svc, to=STAFF, template="staff_new")

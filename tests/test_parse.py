@@ -574,3 +574,11 @@ def test_html_to_text(html: str, expected: str) -> None:
 @pytest.mark.parametrize("html", ["</" * 50000, "<!" * 50000, "<!--a>" * 20000, "<" * 50000, "<a b='" * 20000])
 def test_html_to_text_survives_hostile_markup(html: str) -> None:
     assert isinstance(html_to_text(html), str)
+
+
+def test_a_plain_mail_that_mentions_message_types_keeps_its_body() -> None:
+    body = "\r\n".join(f"see https://example.net/docs/message/{i} for the log" for i in range(400))
+    raw = ("From: ana@cliente.es\r\nSubject: logs\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+           + body + "\r\n").encode()
+    message = parse(raw, Limits())
+    assert "message/399" in message.text and not any("containers" in d for d in message.defects)
