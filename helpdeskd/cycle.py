@@ -65,8 +65,7 @@ def file_safely(inbound: Inbound, svc: Services, mailbox: Mailbox | None = None,
 def quarantine(inbound: Inbound, svc: Services, reason: str) -> Outcome:
     item_id = hashlib.sha256(inbound.raw).hexdigest()[:32]
     try:
-        if not svc.quarantine.has(item_id):
-            svc.quarantine.put(item_id, inbound.raw, reason, f"{inbound.source}:{inbound.upstream_id}")
+        svc.quarantine.put(item_id, inbound.raw, reason, f"{inbound.source}:{inbound.upstream_id}")
     except OSError as exc:
         raise TransientError(f"could not quarantine message: {exc}") from exc
     return Outcome("quarantined", None, "", detail=f"{reason} (quarantine id {item_id})")
@@ -89,14 +88,15 @@ def _decide_and_apply(message: Message, inbound: Inbound, svc: Services, mailbox
     claim = svc.store.read_claim(message.key)
     if claim is not None and not (released and claim["action"] == "held"):
         return _apply(message, inbound, claim, svc, again=True)
-    decision = decide(message, gather_view(message, svc, mailbox, released), svc.config)
+    view = gather_view(message, svc, mailbox, released)
+    decision = decide(message, view, svc.config)
     if isinstance(decision.action, Ignore):
         return Outcome("ignored", None, message.message_id, detail=decision.action.reason)
     claim = _claim(message, decision, svc)
     svc.store.write_claim(message.key, claim)
     if claim.get("ticket"):  # known now: another copy of this Message-ID is a duplicate from here on
         svc.store.index_message_id(message.message_id, claim["ticket"])
-    return _apply(message, inbound, claim, svc, again=False)
+    return _apply(message, inbound, claim, svc, again=False, known=view.tickets.get(claim.get("ticket")))
 
 
 def gather_view(message: Message, svc: Services, mailbox: Mailbox | None, released: bool = False) -> View:
@@ -163,7 +163,10 @@ def _claim(message: Message, decision: Decision, svc: Services) -> dict:
     return claim
 
 
-def _apply(message: Message, inbound: Inbound, claim: dict, svc: Services, *, again: bool) -> Outcome:
+def _apply(message: Message, inbound: Inbound, claim: dict, svc: Services, *, again: bool,
+           known: Ticket | None = None) -> Outcome:
+    """Carry out a recorded decision. ``known``: the ticket as the view just read it (under the same
+    lock, so still current), to save reading it again."""
     sends = [Send(*s) for s in claim.get("sends", ())]
     if claim["action"] == "refused":
         return _refuse(message, inbound, claim, sends, svc, again)
@@ -174,7 +177,10 @@ def _apply(message: Message, inbound: Inbound, claim: dict, svc: Services, *, ag
         action = "duplicate" if again and not queued else claim["action"]
         return Outcome(action, None, message.message_id, None if action == "duplicate" else reply,
                        "; ".join([detail, *claim["notes"]]))
-    ticket = _create(claim, svc, inbound.source) if claim["action"] == "new" else svc.store.get(claim["ticket"])
+    if claim["action"] == "new":
+        ticket = _create(claim, svc, inbound.source)
+    else:
+        ticket = known or svc.store.get(claim["ticket"])
     if ticket is None:
         raise LookupError(f"ticket #{claim['ticket']} recorded for this message no longer exists")
     words = own_words(message, claim)
@@ -280,9 +286,7 @@ def _occasion(message: Message, claim: dict, words: str, escalated: str = "") ->
 
 def _refuse(message: Message, inbound: Inbound, claim: dict, sends: list[Send], svc: Services,
             again: bool) -> Outcome:
-    kept = svc.refused.has(message.key)
-    if not kept:
-        svc.refused.put(message.key, inbound.raw, claim["reason"], f"{inbound.source}:{inbound.upstream_id}")
+    kept = not svc.refused.put(message.key, inbound.raw, claim["reason"], f"{inbound.source}:{inbound.upstream_id}")
     queued = False
     reply = next((s.template for s in sends if s.to == "sender"), None)
     if reply:
@@ -294,9 +298,7 @@ def _refuse(message: Message, inbound: Inbound, claim: dict, sends: list[Send], 
 
 def _hold(message: Message, inbound: Inbound, claim: dict, svc: Services, again: bool) -> Outcome:
     """Keep the message in held/ for an admin (``helpdeskctl held``); nobody is answered."""
-    kept = svc.held.has(message.key)
-    if not kept:
-        svc.held.put(message.key, inbound.raw, claim["reason"], f"{inbound.source}:{inbound.upstream_id}")
+    kept = not svc.held.put(message.key, inbound.raw, claim["reason"], f"{inbound.source}:{inbound.upstream_id}")
     action = "duplicate" if again and kept else "held"
     return Outcome(action, None, message.message_id, None, claim["reason"])
 

@@ -40,7 +40,6 @@ from .scopes import Origin, classify, submission_refusal
 from .settings import LANGUAGES, Config, Mailbox
 from .ticket import Requester, Status, Ticket
 
-MAX_TEXT = 100_000  # characters of a staff answer relayed or recorded from the decision
 
 
 @dataclass(frozen=True)

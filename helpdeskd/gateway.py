@@ -339,8 +339,7 @@ def _oversized_reply(headers: bytes, note: str, upstream_id: str, mailbox: Mailb
     """Keep the headers in ``refused/`` and answer with the ``refused`` template, unless loops forbid it."""
     message = parse(headers, svc.config.limits)
     with svc.write_lock(), svc.batch():
-        if not svc.refused.has(message.key):
-            svc.refused.put(message.key, headers, note.splitlines()[0], f"{mailbox.name}:{upstream_id}")
+        svc.refused.put(message.key, headers, note.splitlines()[0], f"{mailbox.name}:{upstream_id}")
         queued = _answer_too_large(message, note.splitlines()[0], svc)
     result.counts["oversized"] = result.counts.get("oversized", 0) + 1
     log.info("message", source=mailbox.name, message_id=message.message_id, action="oversized",

@@ -91,7 +91,7 @@ def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occ
         envelope = {"from": hd.address if send.kind == "relay" else "", "to": [person.addr], "ticket": ticket.id,
                     "template": send.template, "kind": send.kind, "message_id": mid}
         before_enqueue(svc, person.addr, out_id, send.kind)
-        queued = int(svc.outbox.enqueue(out_id, envelope, data))
+        queued = int(svc.outbox.put_new(out_id, envelope, data))
     event_once(svc, ticket.id, {"type": "reply_queued", "ref": out_id, "template": send.template,
                                 "to": person.addr, "kind": send.kind, "message_id": mid,
                                 "language": person.language})
@@ -157,4 +157,4 @@ def queue_ticketless(svc: Services, template: str, occasion: Occasion, context: 
     envelope = {"from": "", "to": [occasion.sender], "ticket": None, "template": template, "kind": "auto-reply",
                 "message_id": mid}
     before_enqueue(svc, occasion.sender, out_id, "auto-reply")
-    return svc.outbox.enqueue(out_id, envelope, data)
+    return svc.outbox.put_new(out_id, envelope, data)

@@ -17,15 +17,12 @@ from dataclasses import dataclass
 from .settings import Access, DomainOwner
 from .ticket import Ticket
 
-ROLES = ("admin", "reseller", "owner", "user", "unknown")
-SCOPE_KINDS = ("admin", "reseller", "domain", "user")
-
 
 @dataclass(frozen=True)
 class Origin:
     """Who sent a ticket's first message: their role, and the domain and reseller it belongs to."""
 
-    role: str  # one of ROLES
+    role: str  # admin | reseller | owner | user | unknown
     domain: str = ""  # the customer domain (owners and mail users)
     reseller: str = ""  # the reseller (its contacts, and customers of its domains)
 

@@ -400,3 +400,15 @@ def test_what_lies_on_another_file_system_is_fsynced_file_by_file(tmp_path, monk
         assert sorted(synced) == [str(other), str(other / "there")]  # the rest went with the syncfs
     finally:
         subprocess.run(["umount", str(other)], check=True)
+
+
+def test_a_held_message_whose_reason_a_crash_lost_gets_it_when_filed_again(tmp_path):
+    from helpdeskd.store.holding import Holding
+
+    held = Holding(tmp_path, "held")
+    (held.root / "k1.eml").write_bytes(b"Subject: x\r\n\r\nhola\r\n")  # killed before the .json
+    assert held.put("k1", b"Subject: x\r\n\r\nhola\r\n", "unknown sender", "inbox:1") is False
+    [item] = list(held.items())
+    assert item.reason == "unknown sender" and item.source == "inbox:1"
+    assert held.put("k1", b"other", "another reason", "inbox:2") is False  # kept once, reason unchanged
+    assert [i.reason for i in held.items()] == ["unknown sender"] and held.raw("k1").endswith(b"hola\r\n")

@@ -162,10 +162,6 @@ class Syncer:
             state = self._local.state = _BatchState()
         return state
 
-    @property
-    def deferred(self) -> bool:
-        return self._state.depth > 0
-
     def file(self, path: Path, fd: int) -> None:
         """``fd`` (open on ``path``) was written: fsync it now, or remember it for the group commit."""
         if not self.enabled:

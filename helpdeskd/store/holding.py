@@ -32,12 +32,13 @@ class Holding:
         self.root = ensure_dir(state_dir / name)
         self.sync = sync
 
-    def put(self, item_id: str, raw: bytes, reason: str, source: str) -> None:
-        """Keep ``raw`` with ``reason``. The bytes are durable before the reason is written."""
-        create_exclusive(self.root / f"{item_id}.eml", raw, sync=self.sync)
-        meta = {"id": item_id, "reason": reason, "source": source, "at": utcnow()}
-        atomic_write(self.root / f"{item_id}.json", json.dumps(meta, ensure_ascii=False, indent=1).encode(),
-                     sync=self.sync)
+    def put(self, item_id: str, raw: bytes, reason: str, source: str) -> bool:
+        """Keep ``raw`` with ``reason``; False when it was kept already. The bytes are durable before
+        the reason is written, and a reason a crash kept from being written is written now."""
+        created = create_exclusive(self.root / f"{item_id}.eml", raw, sync=self.sync)
+        if created or not (self.root / f"{item_id}.json").exists():
+            self._write_meta(item_id, reason, source)
+        return created
 
     def adopt(self, item_id: str, path: Path, reason: str, source: str) -> None:
         """Keep a copy of ``path`` without reading it into memory (oversized mail), then record why.
@@ -54,6 +55,9 @@ class Holding:
                 with target.open("rb") as copied:
                     self.sync.file(target, copied.fileno())
             self.sync.directory(self.root)
+        self._write_meta(item_id, reason, source)
+
+    def _write_meta(self, item_id: str, reason: str, source: str) -> None:
         meta = {"id": item_id, "reason": reason, "source": source, "at": utcnow()}
         atomic_write(self.root / f"{item_id}.json", json.dumps(meta, ensure_ascii=False, indent=1).encode(),
                      sync=self.sync)

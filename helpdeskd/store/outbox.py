@@ -50,8 +50,11 @@ class Outbox:
 
     def enqueue(self, msg_id: str, envelope: dict, data: bytes) -> bool:
         """Queue a message durably. Returns False when this id was queued before (in any state)."""
-        if self.state_of(msg_id) is not None:
-            return False
+        return self.state_of(msg_id) is None and self.put_new(msg_id, envelope, data)
+
+    def put_new(self, msg_id: str, envelope: dict, data: bytes) -> bool:
+        """:meth:`enqueue` for a caller that has just found ``state_of(msg_id)`` None, under the write
+        lock (the filing path: one check per mail, not two); a second copy in ``new/`` is still refused."""
         head = json.dumps({"id": msg_id, **envelope}, ensure_ascii=False, sort_keys=True).encode()
         return create_exclusive(self.root / "new" / f"{msg_id}.msg", head + b"\n" + data, sync=self.sync)
 

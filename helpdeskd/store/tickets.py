@@ -96,14 +96,14 @@ class TicketStore:
             yield
             return
         first = self._next_free(self.last_id() + 1)
-        atomic_write(self.root / "seq", f"{first + count - 1}\n".encode(), sync=self.sync)
+        self.set_seq(first + count - 1)
         unit.ids = list(range(first, first + count))  # only once seq says so: a failed write reserves nothing
         try:
             yield
         finally:
             unused, unit.ids = unit.ids, []
             if unused:
-                atomic_write(self.root / "seq", f"{unused[0] - 1}\n".encode(), sync=self.sync)
+                self.set_seq(unused[0] - 1)
 
     # -- paths ---------------------------------------------------------------------------------
     # (built from strings: each pathlib "/" costs about as much as a small file read, and filing one
@@ -131,8 +131,12 @@ class TicketStore:
             if not self.ticket_dir(candidate).exists():
                 return candidate
         candidate = self._next_free(self.last_id() + 1)
-        atomic_write(self.root / "seq", f"{candidate}\n".encode(), sync=self.sync)
+        self.set_seq(candidate)
         return candidate
+
+    def set_seq(self, last: int) -> None:
+        """Record ``last`` as the last ticket id handed out (or reserved)."""
+        atomic_write(self.root / "seq", f"{last}\n".encode(), sync=self.sync)
 
     def _next_free(self, candidate: int) -> int:
         while self.ticket_dir(candidate).exists():
@@ -175,9 +179,6 @@ class TicketStore:
         name = f"{ticket.mail_count + 1:04d}-{key}.eml"
         create_exclusive(mail / name, raw, sync=self.sync)
         return name
-
-    def mail_path(self, ticket_id: int, name: str) -> Path:
-        return self.ticket_dir(ticket_id) / "mail" / name
 
     def iter_ids(self) -> Iterator[int]:
         """Every ticket id that has a folder, in ascending order."""
