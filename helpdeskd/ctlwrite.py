@@ -12,10 +12,10 @@ import sys
 
 from .commands import Command
 from .errors import ConfigError, PermanentError, StoreLocked
-from .runtime import load
 from .services import Services
 from .settings import Config
 from .staffops import Act, act
+from .templates import load_templates
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -63,8 +63,7 @@ def cmd_write(args: argparse.Namespace, config: Config) -> int:
             print(f"helpdeskctl {args.command}: nothing to send (empty text)", file=sys.stderr)
             return 2
     try:
-        runtime = load(config.source_path)
-        svc = Services.open(runtime.config, runtime.templates)
+        svc = Services.open(config, load_templates(config))  # the config --as was read from, not a second read
         with svc.write_lock(), svc.batch():
             ticket, queued = act(svc, args.ticket, args.build(args, text), args.author.lower(), args.name,
                                  scope=args.scope)

@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .store.fsutil import Syncer, atomic_write, ensure_dir
+from .store.outbox import outbox_depth as count_outbox
 
 STATUS_FILE = Path("status") / "daemon.json"
 # Actions (see cycle.Outcome) grouped the way an admin asks about them.
@@ -119,15 +120,7 @@ def total(counts: dict[str, int], actions: tuple[str, ...]) -> int:
 
 def outbox_depth(state_dir: Path) -> dict[str, int]:
     """Mail waiting to be sent (``outbox/new``) and dead letters (``outbox/failed``); sent mail is not counted."""
-    return {state: _count_messages(state_dir / "outbox" / state) for state in ("new", "failed")}
-
-
-def _count_messages(folder: Path) -> int:
-    try:
-        with os.scandir(folder) as entries:
-            return sum(1 for e in entries if e.name.endswith(".msg"))
-    except FileNotFoundError:
-        return 0
+    return count_outbox(state_dir, ("new", "failed"))
 
 
 def read_status(state_dir: Path) -> dict | None:

@@ -113,8 +113,21 @@ class Outbox:
         fsync_dir(self.root / dst)
         fsync_dir(self.root / src)
 
-    def depth(self) -> dict[str, int]:
-        return {state: sum(1 for _ in (self.root / state).glob("*.msg")) for state in STATES}
+    def depth(self, states: tuple[str, ...] = STATES) -> dict[str, int]:
+        return outbox_depth(self.root.parent, states)
+
+
+def outbox_depth(state_dir: Path, states: tuple[str, ...] = STATES) -> dict[str, int]:
+    """Messages per state, counted without reading them (and without creating anything)."""
+    return {state: _count_messages(state_dir / "outbox" / state) for state in states}
+
+
+def _count_messages(folder: Path) -> int:
+    try:
+        with os.scandir(folder) as entries:
+            return sum(1 for e in entries if e.name.endswith(".msg"))
+    except FileNotFoundError:
+        return 0
 
 
 def _unlink(path: Path) -> None:
