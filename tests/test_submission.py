@@ -6,9 +6,9 @@ from __future__ import annotations
 import io
 import os
 import signal
+import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -132,12 +132,18 @@ def test_daemon_with_gateway_off_leaves_mail_then_a_reload_switches_it_on(tmp_pa
 
     MaildirSource("local", tmp_path / "inbox").ensure()
     off = write(tmp_path, mail_gateway={"enabled": False})
+    log = tmp_path / "daemon.log"
     proc = subprocess.Popen([sys.executable, "-m", "helpdeskd.cli", "run", "-c", str(off)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=log.open("ab"))
+
+    def started() -> list[dict]:
+        lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+        return [e for e in lines if e.get("event") == "started"]
+
     try:
-        assert wait_for(lambda: (tmp_path / "state" / "daemon.lock").exists())
+        assert wait_for(started)
+        assert started()[0]["mailboxes"] == []  # no poller at all: nothing will take the mail below
         drop(tmp_path / "inbox", new_mail(SENDERS["uno-user"]))
-        time.sleep(1.5)  # the daemon is up; were the mailbox polled, it would have been by now
         assert [p.name for p in (tmp_path / "inbox" / "new").iterdir()] == ["1.eml"]
         write(tmp_path, mail_gateway={"enabled": True}, mailboxes=[{"name": "local", "protocol": "maildir",
                                                                      "path": str(tmp_path / "inbox"), "interval": 0.2}])
