@@ -10,7 +10,7 @@ fifth with a small attachment) into a fresh Dovecot mailbox and measures, in the
   (b) helpdeskd: ``poll_pop3_fully`` filing the mailbox into durable tickets with acknowledgments queued
       (default mailbox settings: sessions of 500, batches of 32).
 
-Each measurement runs in a child process; its peak RSS (ru_maxrss) is reported. Needs root and Dovecot
+Each measurement runs in a child process; its peak RSS (VmHWM) is reported. Needs root and Dovecot
 (``scripts/test`` installs it). Prints a table and the ratio b/a.
 """
 
