@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .ticket import Requester
@@ -124,4 +125,9 @@ class Decision:
     @property
     def reply(self) -> str | None:
         """The template answering the sender, if any (the acknowledgment)."""
-        return next((s.template for s in self.sends if s.to == SENDER), None)
+        return reply_template(self.sends)
+
+
+def reply_template(sends: Iterable[Send]) -> str | None:
+    """Among ``sends``, the template answering the sender, if any."""
+    return next((s.template for s in sends if s.to == SENDER), None)

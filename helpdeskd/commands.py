@@ -42,7 +42,7 @@ _BY_WORD = {word: name for name, words in KEYWORDS.items() for word in words}  #
 
 def fold(word: str) -> str:
     """Lower-case without accents: ``Categoría`` → ``categoria``, ``añadir`` → ``anadir``."""
-    decomposed = unicodedata.normalize("NFKD", word.lower())
+    decomposed = unicodedata.normalize("NFKD", word.casefold())
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 

@@ -15,7 +15,8 @@ import hashlib
 import secrets
 from dataclasses import asdict, dataclass
 
-from .actions import Change, ConfirmIdentity, Decision, FollowUp, Hold, Ignore, NewTicket, Refuse, Send, StatusReport
+from .actions import (Change, ConfirmIdentity, Decision, FollowUp, Hold, Ignore, NewTicket, Refuse, Send, StatusReport,
+                      reply_template)
 from .commands import read_commands
 from .decide import View, decide, recipients_of_interest, strip_imitations, wanted_ticket_ids
 from .errors import TransientError
@@ -191,7 +192,7 @@ def _apply(message: Message, inbound: Inbound, claim: dict, svc: Services, *, ag
     action = _outcome_name(claim)
     if again and not added and not queued:
         action = "duplicate"
-    reply = None if action == "duplicate" else next((s.template for s in sends if s.to == "sender"), None)
+    reply = None if action == "duplicate" else reply_template(sends)
     detail = "; ".join([*claim["notes"], *claim.get("errors", ())])
     return Outcome(action, ticket.id, message.message_id, reply, detail)
 
@@ -288,7 +289,7 @@ def _refuse(message: Message, inbound: Inbound, claim: dict, sends: list[Send], 
             again: bool) -> Outcome:
     kept = not svc.refused.put(message.key, inbound.raw, claim["reason"], f"{inbound.source}:{inbound.upstream_id}")
     queued = False
-    reply = next((s.template for s in sends if s.to == "sender"), None)
+    reply = reply_template(sends)
     if reply:
         occasion = _occasion(message, claim, "")
         queued = queue_refusal(svc, reply, occasion, message.subject, claim["reason"], claim.get("code", ""))

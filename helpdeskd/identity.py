@@ -18,11 +18,11 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .actions import SENDER, ConfirmIdentity, Decision, Refuse, Send, StatusReport
+from .commands import fold
 from .message import Message
 from .scopes import domain_of, scope_of
 from .settings import Config
@@ -44,8 +44,7 @@ class Confirmation:
 # -- status requests ---------------------------------------------------------------------------------
 def fold_words(text: str) -> str:
     """Lower case, accents removed, whitespace collapsed: "Estado de MIS  tíckets" ~ "estado de mis tickets"."""
-    decomposed = unicodedata.normalize("NFKD", text.casefold())
-    return " ".join("".join(c for c in decomposed if not unicodedata.combining(c)).split())
+    return " ".join(fold(text).split())
 
 
 def is_status_request(subject: str, keywords: tuple[str, ...]) -> bool:

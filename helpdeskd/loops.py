@@ -48,12 +48,16 @@ def _suppress(message: Message) -> str | None:
 
 
 def _report(message: Message) -> str | None:
-    ctype = (message.header("content-type") or "").lower()
-    if "multipart/report" in ctype or any(t in ctype for t in _REPORT_TYPES):
+    if _is_report_type(message):
         return "delivery or read report"
     if message.header("x-autoreply") or message.header("x-autorespond"):
         return "sender marks itself as an autoresponder"
     return None
+
+
+def _is_report_type(message: Message) -> bool:
+    ctype = (message.header("content-type") or "").lower()
+    return "multipart/report" in ctype or any(t in ctype for t in _REPORT_TYPES)
 
 
 def can_write_to(addr: str) -> bool:
@@ -93,7 +97,7 @@ def is_delivery_report(message: Message) -> bool:
     Such mail is about a message we sent, not a new request: it may be noted on that message's
     ticket, never answered and never made a ticket of its own when we can tell which ticket it is.
     """
-    if _report(message) == "delivery or read report":
+    if _is_report_type(message):
         return True
     local = message.sender.addr.split("@", 1)[0] if message.sender else ""
     return local in ("mailer-daemon", "postmaster")  # plain-text bounces of older MTAs
