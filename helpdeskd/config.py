@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from helpdeskd.config_access import access, mail_gateway, status_requests
-from helpdeskd.config_mailboxes import PROTOCOLS, mailbox
+from helpdeskd.config_mailboxes import mailbox
 from helpdeskd.config_outgoing import autoreply, smtp
 from helpdeskd.configreader import (
     BOOLEAN,
-    KEY_PATTERN,
     POSITIVE_INT,
     Declared,
     Reader,
@@ -53,7 +52,7 @@ from helpdeskd.settings import (
     Queue,
 )
 
-__all__ = ["KEY_PATTERN", "LOG_LEVELS", "PROTOCOLS", "build_config", "load_config"]
+__all__ = ["LOG_LEVELS", "build_config", "load_config"]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 

@@ -21,7 +21,7 @@ from .commands import read_commands
 from .decide import View, decide, recipients_of_interest, strip_imitations, wanted_ticket_ids
 from .errors import TransientError
 from .identity import code_candidates, code_key
-from .mailout import Occasion, queue_refusal, queue_sends
+from .mailout import Occasion, queue_refusal, queue_sends, recent_autoreplies
 from .message import Inbound, Message
 from .parse import parse
 from .quotes import new_text
@@ -108,7 +108,7 @@ def gather_view(message: Message, svc: Services, mailbox: Mailbox | None, releas
     wanted = dict.fromkeys([*wanted_ticket_ids(message, svc.config), *hints])
     tickets = {tid: t for tid in wanted if (t := store.get(tid)) is not None}
     duplicate_of = _filed_copy(message, store.find_by_message_id(message.message_id), svc)
-    sent_to, sent_in_all = _recent_autoreplies(recipients_of_interest(message), svc)
+    sent_to, sent_in_all = recent_autoreplies(recipients_of_interest(message), svc)
     return View(tickets, tuple(dict.fromkeys(hints)), duplicate_of, mailbox, sent_to, sent_in_all,
                 confirmations=_quoted_codes(message, svc), now=svc.clock().timestamp(), released=released)
 
@@ -135,13 +135,6 @@ def _quoted_codes(message: Message, svc: Services) -> dict:
     """The stored confirmation codes among the code-shaped words of the message, by code_key."""
     keys = (code_key(code) for code in code_candidates(message))
     return {key: found for key in keys if (found := svc.confirmations.get(key)) is not None}
-
-
-def _recent_autoreplies(addrs: list[str], svc: Services) -> tuple[dict[str, int], int]:
-    """Counts for the rate limits: per address within its window, and in all within the global one."""
-    now, limits = svc.clock().timestamp(), svc.config.autoreply
-    per = {a: svc.sent.count(a, now - limits.per_recipient_window_seconds) for a in addrs if a}
-    return per, svc.sent.count_all(now - limits.global_window_seconds)
 
 
 def _claim(message: Message, decision: Decision, svc: Services) -> dict:

@@ -37,7 +37,7 @@ from .intake import PollResult, log_outcome
 from .lang import choose_language
 from .logs import get
 from .loops import no_autoreply_reason, rate_limit_reason
-from .mailout import Occasion, queue_refusal
+from .mailout import Occasion, queue_refusal, recent_autoreplies
 from .message import Inbound
 from .parse import parse
 from .settings import LANGUAGES, Mailbox, Pop3
@@ -352,9 +352,8 @@ def _answer_too_large(message, reason: str, svc: Services) -> bool:
     sender = message.sender
     if sender is None or no_autoreply_reason(message, hd.address, hd.message_id_domain):
         return False
-    now, limits = svc.clock().timestamp(), svc.config.autoreply
-    if rate_limit_reason(svc.sent.count(sender.addr, now - limits.per_recipient_window_seconds),
-                         svc.sent.count_all(now - limits.global_window_seconds), limits):
+    per, in_all = recent_autoreplies([sender.addr], svc)
+    if rate_limit_reason(per.get(sender.addr, 0), in_all, svc.config.autoreply):
         return False
     lang = choose_language(message, LANGUAGES, hd.default_language, hd.detect_language)
     occasion = Occasion(key=f"{message.key}:too_large", sender=sender.addr, sender_name=sender.name, language=lang,

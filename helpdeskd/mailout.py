@@ -98,6 +98,13 @@ def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occ
     return queued
 
 
+def recent_autoreplies(addrs: list[str], svc: Services) -> tuple[dict[str, int], int]:
+    """Counts for the rate limits: per address within its window, and in all within the global one."""
+    now, limits = svc.clock().timestamp(), svc.config.autoreply
+    per = {a: svc.sent.count(a, now - limits.per_recipient_window_seconds) for a in addrs if a}
+    return per, svc.sent.count_all(now - limits.global_window_seconds)
+
+
 def before_enqueue(svc: Services, addr: str, out_id: str, kind: str) -> None:
     """Count an automatic answer for the rate limits, before it is queued (a crash then over-counts
     by one, never under-counts; doing the work again does not count it twice). Staff notices and

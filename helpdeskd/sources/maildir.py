@@ -30,7 +30,7 @@ class MaildirSource:
         for sub in ("tmp", "new", "cur"):
             (self.path / sub).mkdir(parents=True, exist_ok=True)
 
-    def pending(self, limit: int | None = None) -> list[MaildirItem]:
+    def pending(self) -> list[MaildirItem]:
         """Messages waiting in ``new/``, oldest first (Maildir names start with the delivery time)."""
         items = []
         try:
@@ -45,8 +45,6 @@ class MaildirSource:
             except FileNotFoundError:
                 continue  # taken by another reader meanwhile
             items.append(MaildirItem(entry.name, Path(entry.path), size))
-            if limit is not None and len(items) >= limit:
-                break
         return items
 
     def read(self, item: MaildirItem) -> bytes | None:
