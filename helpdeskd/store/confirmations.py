@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 from ..identity import Confirmation, code_key
-from .fsutil import IMMEDIATE, Syncer, atomic_write, ensure_dir
+from .fsutil import IMMEDIATE, Syncer, atomic_write, ensure_dir, read_json
 
 KEEP_AFTER_EXPIRY = 7 * 86400.0  # used/expired codes stay this long, so a late reply is told "expired"
 
@@ -27,10 +27,10 @@ class Confirmations:
 
     def get(self, key: str) -> Confirmation | None:
         """The code filed under ``key`` (:func:`identity.code_key`), or None; unreadable counts as none."""
+        data = read_json(self._path(key))
         try:
-            data = json.loads(self._path(key).read_bytes())
             return Confirmation(str(data["addr"]), float(data["expires"]), str(data.get("used_by", "")))
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):  # none, or not a record of ours
             return None
 
     def issue(self, code: str, addr: str, expires: float, now: float) -> None:

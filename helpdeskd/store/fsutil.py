@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import json
 import os
 import threading
 from collections.abc import Iterator
@@ -249,6 +250,15 @@ def _device(folder: Path) -> int | None:
 
 
 IMMEDIATE = Syncer()  # the default: every write durable before it returns; never used for batches
+
+
+def read_json(path: Path):
+    """The JSON value in ``path``, or None when it is missing or unreadable (cut short by a crash while
+    first written, or edited by hand): every record read this way may be absent."""
+    try:
+        return json.loads(path.read_bytes())
+    except (FileNotFoundError, ValueError):
+        return None
 
 
 def atomic_write(path: Path, data: bytes, *, sync: Syncer = IMMEDIATE) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fsutil import IMMEDIATE, Syncer, atomic_write, create_exclusive, ensure_dir
+from .fsutil import IMMEDIATE, Syncer, atomic_write, create_exclusive, ensure_dir, read_json
 from .tickets import utcnow
 
 
@@ -74,9 +74,7 @@ class Holding:
 
     def items(self) -> Iterator[HeldItem]:
         for eml in sorted(self.root.glob("*.eml"), key=lambda p: p.stat().st_mtime):
-            meta_path = eml.with_suffix(".json")
-            try:
-                meta = json.loads(meta_path.read_text(encoding="utf-8"))
-            except (FileNotFoundError, ValueError):
-                meta = {"reason": "(reason not recorded: crash while holding)", "source": "", "at": ""}
+            meta = read_json(eml.with_suffix(".json"))
+            if not isinstance(meta, dict):
+                meta = {"reason": "(reason not recorded: crash while holding)"}
             yield HeldItem(eml.stem, meta.get("reason", ""), meta.get("source", ""), meta.get("at", ""), eml)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fsutil import IMMEDIATE, Syncer, atomic_write, create_exclusive, ensure_dir, fsync_dir
+from .fsutil import IMMEDIATE, Syncer, atomic_write, create_exclusive, ensure_dir, fsync_dir, read_json
 
 STATES = ("new", "cur", "failed")
 
@@ -75,10 +75,7 @@ class Outbox:
 
     def retry_state(self, msg_id: str) -> dict:
         """The recorded schedule of a queued message: ``{}`` before its first failure."""
-        try:
-            return json.loads((self.root / "new" / f"{msg_id}.retry").read_bytes())
-        except (FileNotFoundError, ValueError):
-            return {}  # ValueError: a hand-edited file; trying again now is the safe reading
+        return read_json(self.root / "new" / f"{msg_id}.retry") or {}  # unreadable: trying now is safe
 
     def record_retry(self, msg_id: str, state: dict) -> None:
         atomic_write(self.root / "new" / f"{msg_id}.retry", json.dumps(state, sort_keys=True).encode())

@@ -33,7 +33,7 @@ import tomli_w
 
 from ..errors import PermanentError
 from ..ticket import Requester, Status, Ticket
-from .fsutil import Syncer, append_line, atomic_write, create_exclusive, ensure_dir, write_new
+from .fsutil import Syncer, append_line, atomic_write, create_exclusive, ensure_dir, read_json, write_new
 
 _TICKET_FIELDS = {f.name for f in fields(Ticket)} - {"extra", "requester", "status"}
 
@@ -242,12 +242,7 @@ class TicketStore:
     # -- indexes -------------------------------------------------------------------------------
     def read_claim(self, key: str) -> dict | None:
         """The decision recorded for a message key, or None when the message is new to us."""
-        try:
-            return json.loads(self._key_path(key).read_bytes())
-        except FileNotFoundError:
-            return None
-        except ValueError:
-            return None  # cut short by a crash while first written (write_new), or edited by hand
+        return read_json(self._key_path(key))
 
     def write_claim(self, key: str, record: dict) -> None:
         path = self._key_path(key)
