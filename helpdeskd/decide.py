@@ -271,13 +271,13 @@ NOT_RELAYED = ("not relayed: this staff mail carries no reply token; answer from
 def _on_ticket(message: Message, match: Match, lang: str, quiet: str | None, config: Config,
                view: View) -> Decision:
     ticket, role = match.ticket, match.role
-    commands = read_commands(own_subject(message.subject, config.helpdesk.subject_tag), message.text)
     if quiet:  # an auto-reply or a bounce: record it, change and answer nothing
         note = (f"no automatic answer: {quiet}",)
         return Decision(FollowUp(ticket.id, role, internal=role == "staff"), (), lang, note)
     if role == "staff" and not match.proven:  # a forged staff From must not speak to the customer
         action = FollowUp(ticket.id, role, internal=True, errors=(NOT_RELAYED,))
         return Decision(action, (Send("command_error", SENDER),), lang)
+    commands = read_commands(own_subject(message.subject, config.helpdesk.subject_tag), message.text)
     if role == "staff":
         return _staff(ticket, commands, lang, config)
     return _customer(message, match, commands, lang, config, view)
