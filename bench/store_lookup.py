@@ -126,8 +126,8 @@ def _write_tickets(store: TicketStore, ids: range, subdirs: tuple[str, ...]) -> 
         for sub in subdirs:
             (folder / sub).mkdir()
         _create(folder / "ticket.toml", tomli_w.dumps(ticket_to_dict(make_ticket(n))).encode())
-        _create_in_bucket(store._key_path(message_key(n)), json.dumps(make_claim(n), sort_keys=True).encode())
-        _create_in_bucket(store._msgid_path(message_id(n)), f"{n}\n".encode())
+        _create_in_bucket(Path(store._key_path(message_key(n))), json.dumps(make_claim(n), sort_keys=True).encode())
+        _create_in_bucket(Path(store._msgid_path(message_id(n))), f"{n}\n".encode())
 
 
 def populate_parallel(store: TicketStore, ids: range, jobs: int, subdirs: tuple[str, ...]) -> None:
@@ -223,8 +223,8 @@ def lookup_path(store: TicketStore, kind: str, n: int) -> Path:
     if kind == "get":
         return store.ticket_dir(n) / "ticket.toml"
     if kind == "msgid":
-        return store._msgid_path(message_id(n))
-    return store._key_path(message_key(n))
+        return Path(store._msgid_path(message_id(n)))
+    return Path(store._key_path(message_key(n)))
 
 
 def time_calls(call: Callable[[int], object], numbers: Iterable[int], expect_hit: bool) -> list[float]:

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -217,7 +218,7 @@ def test_collect_hands_the_commit_to_another_thread(tmp_path, monkeypatch):
             atomic_write(tmp_path / "a", b"x", sync=syncer)
         atomic_write(tmp_path / "b", b"y", sync=syncer)
     assert committed == [] and not inner
-    assert touched.files == {tmp_path / "a", tmp_path / "b"} and touched.dirs == {tmp_path}
+    assert touched.files == {f"{tmp_path}/a", f"{tmp_path}/b"} and touched.dirs == {str(tmp_path)}
     worker = threading.Thread(target=syncer.commit, args=(touched,), name="committer")
     worker.start()
     worker.join()
@@ -360,7 +361,7 @@ def test_a_claim_cut_short_by_a_crash_is_decided_again(svc):
 
     raw = mail(message_id="<cut@cliente.es>")
     key = parse(raw, svc.config.limits).key
-    claim = svc.store._key_path(key)
+    claim = Path(svc.store._key_path(key))
     claim.parent.mkdir(parents=True, exist_ok=True)
     claim.write_bytes(b'{"action": "ne')  # killed while the claim was first being written
     assert svc.store.read_claim(key) is None

@@ -39,8 +39,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar, Union
 
 _FLUSH_THREADS = 4
+StrPath = Union[str, "os.PathLike[str]"]
+P = TypeVar("P", str, Path)
 
 
 def _load_syncfs():
@@ -89,7 +92,7 @@ def settle(folder: Path) -> None:
         os.close(fd)
 
 
-def fsync_dir(path: Path) -> None:
+def fsync_dir(path: StrPath) -> None:
     """Make a rename or create inside ``path`` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -98,7 +101,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _fsync_path(path: Path) -> None:
+def _fsync_path(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -111,27 +114,32 @@ def _fsync_path(path: Path) -> None:
 
 class Touched:
     """What a batch wrote: files and the directories whose entries changed, not yet durable; with
-    syncfs, also the descriptor (opened when the batch began) that the commit syncs through."""
+    syncfs, also the descriptor (opened when the batch began) that the commit syncs through.
+
+    With syncfs and no other file system mounted below the state directory, one syncfs covers
+    everything, so paths are not recorded at all: ``dirty`` only says that something was written."""
 
     def __init__(self) -> None:
-        self.files: set[Path] = set()
-        self.dirs: set[Path] = set()
+        self.files: set[str] = set()
+        self.dirs: set[str] = set()
+        self.dirty = False
         self.fd: int | None = None
         self.device: int | None = None
 
     def __bool__(self) -> bool:
-        return bool(self.files or self.dirs)
+        return bool(self.dirty or self.files or self.dirs)
 
     def close(self) -> None:
         """Forget it all (after the commit, or when the batch is abandoned)."""
         if self.fd is not None:
             os.close(self.fd)
-        self.fd, self.files, self.dirs = None, set(), set()
+        self.fd, self.files, self.dirs, self.dirty = None, set(), set(), False
 
 
 class _BatchState:
     def __init__(self) -> None:
         self.depth = 0
+        self.record = True  # paths are needed by the commit (see Touched)
         self.touched = Touched()
 
 
@@ -163,23 +171,29 @@ class Syncer:
             state = self._local.state = _BatchState()
         return state
 
-    def file(self, path: Path, fd: int) -> None:
+    def file(self, path: StrPath, fd: int) -> None:
         """``fd`` (open on ``path``) was written: fsync it now, or remember it for the group commit."""
         if not self.enabled:
             return
-        if self._state.depth:
-            self._state.touched.files.add(path)
-        else:
+        state = self._state
+        if not state.depth:
             os.fsync(fd)
+        elif state.record:
+            state.touched.files.add(os.fspath(path))
+        else:
+            state.touched.dirty = True
 
-    def directory(self, path: Path) -> None:
+    def directory(self, path: StrPath) -> None:
         """An entry in ``path`` was created or renamed."""
         if not self.enabled:
             return
-        if self._state.depth:
-            self._state.touched.dirs.add(path)
-        else:
+        state = self._state
+        if not state.depth:
             fsync_dir(path)
+        elif state.record:
+            state.touched.dirs.add(os.fspath(path))
+        else:
+            state.touched.dirty = True
 
     @contextmanager
     def batch(self) -> Iterator["Syncer"]:
@@ -204,14 +218,15 @@ class Syncer:
         if outermost and self.enabled and self.method == "syncfs":
             touched.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)  # type: ignore[arg-type]
             touched.device = os.fstat(touched.fd).st_dev
+            state.record = _mounts_below(os.fspath(self.root)) != []
         state.depth += 1
         try:
             yield touched
         finally:
             state.depth -= 1
             if outermost:
-                touched.files, touched.dirs = state.touched.files, state.touched.dirs
-                state.touched = Touched()
+                done, state.touched, state.record = state.touched, Touched(), True
+                touched.files, touched.dirs, touched.dirty = done.files, done.dirs, done.dirty
 
     def commit(self, touched: Touched) -> None:
         """Make ``touched`` durable (then forget it): one syncfs, or fsyncs file by file."""
@@ -232,46 +247,66 @@ class Syncer:
         files, dirs = touched.files, touched.dirs
         if touched.fd is not None:
             _syncfs(touched.fd, self.root)  # type: ignore[arg-type]
-            elsewhere = {d for d in {*dirs, *(f.parent for f in files)} if _device(d) not in (None, touched.device)}
-            files = {f for f in files if f.parent in elsewhere}
+            parents = {d: os.path.dirname(d) for d in files}
+            elsewhere = {d for d in {*dirs, *parents.values()} if _device(d) not in (None, touched.device)}
+            files = {f for f in files if parents[f] in elsewhere}
             dirs = {d for d in dirs if d in elsewhere}
-        dirs = {d for d in dirs if d.is_dir()}  # moved away later in the batch: its new place was recorded
+        dirs = {d for d in dirs if os.path.isdir(d)}  # moved away later in the batch: its new place was recorded
         if files or dirs:
             with ThreadPoolExecutor(_FLUSH_THREADS) as pool:
                 list(pool.map(_fsync_path, sorted(files)))  # contents first: a durable entry names durable data
                 list(pool.map(fsync_dir, sorted(dirs)))
 
 
-def _device(folder: Path) -> int | None:
+def _device(folder: str) -> int | None:
     try:
         return os.stat(folder).st_dev
     except FileNotFoundError:
         return None
 
 
+def _mounts_below(root: str) -> list[str] | None:
+    """Mount points inside ``root`` (None when the mount table cannot be read: assume there may be)."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as table:
+            points = [line.split(b" ", 5)[4] for line in table]
+    except OSError:
+        return None
+    prefix = os.path.realpath(root).rstrip("/") + "/"
+    below = []
+    for point in points:  # spaces and other odd characters come octal-escaped (\040)
+        name = point.decode("unicode_escape").encode("latin-1").decode("utf-8", "replace")
+        if name.startswith(prefix):
+            below.append(name)
+    return below
+
+
 IMMEDIATE = Syncer()  # the default: every write durable before it returns; never used for batches
 
 
-def read_json(path: Path):
+def read_json(path: StrPath):
     """The JSON value in ``path``, or None when it is missing or unreadable (cut short by a crash while
     first written, or edited by hand): every record read this way may be absent."""
     try:
-        return json.loads(path.read_bytes())
+        with open(path, "rb") as file:
+            return json.loads(file.read())
     except (FileNotFoundError, ValueError):
         return None
 
 
-def atomic_write(path: Path, data: bytes, *, sync: Syncer = IMMEDIATE) -> None:
+def atomic_write(path: StrPath, data: bytes, *, sync: Syncer = IMMEDIATE) -> None:
     """Replace ``path`` with ``data`` so a reader or a crash sees the old or the new file, never half."""
+    path = os.fspath(path)
     os.replace(_write_aside(path, data, sync), path)
-    sync.directory(path.parent)
+    sync.directory(os.path.dirname(path))
 
 
-def write_new(path: Path, data: bytes, *, sync: Syncer = IMMEDIATE) -> None:
+def write_new(path: StrPath, data: bytes, *, sync: Syncer = IMMEDIATE) -> None:
     """Write a file that most likely does not exist yet straight under its name (one create instead of
     a temporary file and a rename); replace it atomically if it does exist. For records whose readers
     take an empty or cut-short file for a missing one (JSON claims, index entries): a crash mid-write
     leaves nothing a reader would trust."""
+    path = os.fspath(path)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
     except FileExistsError:
@@ -282,16 +317,17 @@ def write_new(path: Path, data: bytes, *, sync: Syncer = IMMEDIATE) -> None:
         sync.file(path, fd)
     finally:
         os.close(fd)
-    sync.directory(path.parent)
+    sync.directory(os.path.dirname(path))
 
 
-def create_exclusive(path: Path, data: bytes, *, sync: Syncer = IMMEDIATE) -> bool:
+def create_exclusive(path: StrPath, data: bytes, *, sync: Syncer = IMMEDIATE) -> bool:
     """Create ``path`` with ``data`` unless it exists. Returns False when it already did.
 
     The file appears under its final name only when complete (written aside, then hard-linked),
     so a crash never leaves a half-written file behind that later looks valid.
     """
-    if path.exists():
+    path = os.fspath(path)
+    if os.path.exists(path):
         return False
     tmp = _write_aside(path, data, sync)
     try:
@@ -300,13 +336,14 @@ def create_exclusive(path: Path, data: bytes, *, sync: Syncer = IMMEDIATE) -> bo
         return False
     finally:
         os.unlink(tmp)
-    sync.directory(path.parent)
+    sync.directory(os.path.dirname(path))
     return True
 
 
-def append_line(path: Path, line: bytes, *, sync: Syncer = IMMEDIATE) -> None:
+def append_line(path: StrPath, line: bytes, *, sync: Syncer = IMMEDIATE) -> None:
     """Append one line (or several). A crash may leave a torn last line: readers skip it, and the
     next append starts a line of its own instead of finishing that one (which would lose both)."""
+    path = os.fspath(path)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
     try:
         size = os.fstat(fd).st_size
@@ -316,31 +353,38 @@ def append_line(path: Path, line: bytes, *, sync: Syncer = IMMEDIATE) -> None:
         sync.file(path, fd)
     finally:
         os.close(fd)
-    sync.directory(path.parent)  # the first append creates the file
+    sync.directory(os.path.dirname(path))  # the first append creates the file
 
 
-def ensure_dir(path: Path, *, sync: Syncer = IMMEDIATE) -> Path:
-    """Create ``path`` (and parents) if missing, durably: each new entry's directory is synced."""
-    if path.is_dir():
+def ensure_dir(path: P, *, sync: Syncer = IMMEDIATE) -> P:
+    """Create ``path`` (and parents) if missing, durably: each new entry's directory is synced.
+    Returns ``path`` as given."""
+    name = os.fspath(path)
+    if os.path.isdir(name):
         return path
-    missing = [path]
-    while not missing[-1].parent.is_dir():
-        missing.append(missing[-1].parent)
+    missing = [name]
+    while not os.path.isdir(parent := os.path.dirname(missing[-1])):
+        missing.append(parent)
     for folder in reversed(missing):
-        folder.mkdir(exist_ok=True)
-        sync.directory(folder.parent)
+        try:
+            os.mkdir(folder)
+        except FileExistsError:
+            if not os.path.isdir(folder):
+                raise
+        sync.directory(os.path.dirname(folder))
     return path
 
 
-def _write_aside(path: Path, data: bytes, sync: Syncer) -> Path:
+def _write_aside(path: str, data: bytes, sync: Syncer) -> str:
     """``data`` in a temporary file beside ``path`` (synced, or recorded for the group commit under
     ``path``, the name it will have); returns the temporary file's path."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # unique per writer thread
+    folder, name = os.path.split(path)
+    tmp = f"{folder}/.{name}.{os.getpid()}.{threading.get_ident()}.tmp"  # unique per writer thread
     _write_file(tmp, data, sync, path)
     return tmp
 
 
-def _write_file(target: Path, data: bytes, sync: Syncer, synced_as: Path) -> None:
+def _write_file(target: str, data: bytes, sync: Syncer, synced_as: str) -> None:
     """Write ``data`` to ``target`` (created or truncated) and hand it to ``sync`` under the name
     ``synced_as`` (the final name of a temporary file)."""
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)

@@ -59,6 +59,7 @@ class TicketStore:
     def __init__(self, state_dir: Path, *, durable: bool = True, sync: Syncer | None = None) -> None:
         """``sync`` is shared with the outbox for group commits; ``durable=False`` never fsyncs (bulk tools)."""
         self.root = state_dir
+        self._root = os.fspath(state_dir)
         self.sync = sync or Syncer(enabled=durable, root=state_dir)
         self._unit = _Unit()
         for sub in ("tickets", "index/keys", "index/msgid"):
@@ -106,17 +107,20 @@ class TicketStore:
                 self.set_seq(unused[0] - 1)
 
     # -- paths ---------------------------------------------------------------------------------
-    # (built from strings: each pathlib "/" costs about as much as a small file read, and filing one
+    # (strings, not pathlib: each Path costs about as much as a small file read, and filing one
     # message asks for these paths a few dozen times)
     def ticket_dir(self, ticket_id: int) -> Path:
-        return Path(f"{self.root}/tickets/{ticket_id // 1000}/{ticket_id}")
+        return Path(self._ticket_dir(ticket_id))
 
-    def _key_path(self, key: str) -> Path:
-        return Path(f"{self.root}/index/keys/{key[:2]}/{key[2:4]}/{key}")
+    def _ticket_dir(self, ticket_id: int) -> str:
+        return f"{self._root}/tickets/{ticket_id // 1000}/{ticket_id}"
 
-    def _msgid_path(self, message_id: str) -> Path:
+    def _key_path(self, key: str) -> str:
+        return f"{self._root}/index/keys/{key[:2]}/{key[2:4]}/{key}"
+
+    def _msgid_path(self, message_id: str) -> str:
         digest = hashlib.sha1(_msgid_key(message_id).encode("utf-8", "replace")).hexdigest()
-        return Path(f"{self.root}/index/msgid/{digest[:2]}/{digest[2:4]}/{digest}")
+        return f"{self._root}/index/msgid/{digest[:2]}/{digest[2:4]}/{digest}"
 
     # -- ids -----------------------------------------------------------------------------------
     def allocate_id(self) -> int:
@@ -128,7 +132,7 @@ class TicketStore:
         reserved = self._unit.ids
         while reserved:
             candidate = reserved.pop(0)
-            if not self.ticket_dir(candidate).exists():
+            if not os.path.exists(self._ticket_dir(candidate)):
                 return candidate
         candidate = self._next_free(self.last_id() + 1)
         self.set_seq(candidate)
@@ -136,16 +140,17 @@ class TicketStore:
 
     def set_seq(self, last: int) -> None:
         """Record ``last`` as the last ticket id handed out (or reserved)."""
-        atomic_write(self.root / "seq", f"{last}\n".encode(), sync=self.sync)
+        atomic_write(f"{self._root}/seq", f"{last}\n".encode(), sync=self.sync)
 
     def _next_free(self, candidate: int) -> int:
-        while self.ticket_dir(candidate).exists():
+        while os.path.exists(self._ticket_dir(candidate)):
             candidate += 1
         return candidate
 
     def last_id(self) -> int:
         try:
-            return int((self.root / "seq").read_text().strip() or 0)
+            with open(f"{self._root}/seq", "rb") as file:
+                return int(file.read().strip() or 0)
         except FileNotFoundError:
             return 0
         except ValueError:
@@ -153,9 +158,10 @@ class TicketStore:
 
     # -- tickets -------------------------------------------------------------------------------
     def get(self, ticket_id: int) -> Ticket | None:
-        path = self.ticket_dir(ticket_id) / "ticket.toml"
+        path = f"{self._ticket_dir(ticket_id)}/ticket.toml"
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            with open(path, encoding="utf-8") as file:
+                data = tomllib.loads(file.read())
         except FileNotFoundError:
             return None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -164,20 +170,20 @@ class TicketStore:
 
     def save(self, ticket: Ticket) -> None:
         """Replace the ticket's metadata atomically (creating its folder the first time)."""
-        folder = ensure_dir(self.ticket_dir(ticket.id), sync=self.sync)
+        folder = ensure_dir(self._ticket_dir(ticket.id), sync=self.sync)
         self._write_events(ticket.id)  # history first: saved metadata tells a re-run the mail is filed
-        atomic_write(folder / "ticket.toml", tomli_w.dumps(ticket_to_dict(ticket)).encode(), sync=self.sync)
+        atomic_write(f"{folder}/ticket.toml", tomli_w.dumps(ticket_to_dict(ticket)).encode(), sync=self.sync)
 
     def store_mail(self, ticket: Ticket, key: str, raw: bytes) -> str:
         """Keep raw bytes under ``mail/``; returns the file name. Storing the same key twice is a no-op."""
-        mail = ensure_dir(self.ticket_dir(ticket.id) / "mail", sync=self.sync)
+        mail = ensure_dir(f"{self._ticket_dir(ticket.id)}/mail", sync=self.sync)
         suffix = f"-{key}.eml"
         with os.scandir(mail) as entries:  # not Path.glob: it compiles a pattern at every call
             existing = next((entry.name for entry in entries if entry.name.endswith(suffix)), None)
         if existing is not None:
             return existing
         name = f"{ticket.mail_count + 1:04d}-{key}.eml"
-        create_exclusive(mail / name, raw, sync=self.sync)
+        create_exclusive(f"{mail}/{name}", raw, sync=self.sync)
         return name
 
     def iter_ids(self) -> Iterator[int]:
@@ -208,8 +214,8 @@ class TicketStore:
     def _write_events(self, ticket_id: int) -> None:
         lines = self._unit.pending.pop(ticket_id, None)
         if lines:
-            path = ensure_dir(self.ticket_dir(ticket_id), sync=self.sync) / "events.jsonl"
-            append_line(path, b"".join(lines), sync=self.sync)
+            folder = ensure_dir(self._ticket_dir(ticket_id), sync=self.sync)
+            append_line(f"{folder}/events.jsonl", b"".join(lines), sync=self.sync)
 
     def events(self, ticket_id: int) -> list[dict]:
         """The ticket's history, oldest first. A torn last line (crash mid-append) is skipped."""
@@ -223,9 +229,9 @@ class TicketStore:
         return history
 
     def _read_events(self, ticket_id: int) -> list[dict]:
-        path = self.ticket_dir(ticket_id) / "events.jsonl"
         try:
-            lines = path.read_bytes().splitlines()
+            with open(f"{self._ticket_dir(ticket_id)}/events.jsonl", "rb") as file:
+                lines = file.read().splitlines()
         except FileNotFoundError:
             return []
         out = []
@@ -246,7 +252,7 @@ class TicketStore:
 
     def write_claim(self, key: str, record: dict) -> None:
         path = self._key_path(key)
-        ensure_dir(path.parent, sync=self.sync)
+        ensure_dir(os.path.dirname(path), sync=self.sync)
         write_new(path, json.dumps(record, sort_keys=True).encode(), sync=self.sync)
 
     def index_message_id(self, message_id: str, ticket_id: int) -> None:
@@ -255,7 +261,7 @@ class TicketStore:
         if self.find_by_message_id(message_id) == ticket_id:
             return  # already there (filing indexes early, then again when it completes)
         path = self._msgid_path(message_id)
-        ensure_dir(path.parent, sync=self.sync)
+        ensure_dir(os.path.dirname(path), sync=self.sync)
         write_new(path, f"{ticket_id}\n".encode(), sync=self.sync)
         if self._unit.depth:
             self._unit.msgids[_msgid_key(message_id)] = ticket_id
@@ -267,7 +273,8 @@ class TicketStore:
         if key in unit.msgids:
             return unit.msgids[key]
         try:
-            found: int | None = int(self._msgid_path(message_id).read_text().strip())
+            with open(self._msgid_path(message_id), "rb") as file:
+                found: int | None = int(file.read().strip())
         except (FileNotFoundError, ValueError):
             found = None
         if unit.depth:
