@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import logs
+from . import helper, logs
 from .cycle import Services, file_safely
 from .errors import ConfigError, StoreLocked, TransientError
 from .gateway import poll_pop3_fully
@@ -89,11 +89,14 @@ def cmd_once(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
         failed = False
         if not runtime.config.mail_gateway.enabled:
             print("mail gateway disabled ([mail_gateway] enabled = false): no mailbox polled")
-        for mailbox in runtime.config.intake_mailboxes():
-            result = poll_maildir(mailbox, svc) if mailbox.pop3 is None else poll_pop3_fully(mailbox, svc)
-            failed |= result.error is not None
-            print(f"{mailbox.name}: " + (", ".join(f"{n} {k}" for k, n in sorted(result.counts.items())) or "no mail")
-                  + (f" (error: {result.error})" if result.error else ""))
+        try:
+            for mailbox in runtime.config.intake_mailboxes():
+                result = poll_maildir(mailbox, svc) if mailbox.pop3 is None else poll_pop3_fully(mailbox, svc)
+                failed |= result.error is not None
+                print(f"{mailbox.name}: " + (", ".join(f"{n} {k}" for k, n in sorted(result.counts.items()))
+                                             or "no mail") + (f" (error: {result.error})" if result.error else ""))
+        finally:
+            helper.shutdown()
     return EX_FAIL if failed else EX_OK
 
 

@@ -152,12 +152,13 @@ def _lower(values: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def mail_gateway(r: Reader | None) -> MailGateway:
-    """[mail_gateway]: intake on or off, apart from the helpdesk itself."""
+    """[mail_gateway]: intake on or off, apart from the helpdesk itself; parsing in a helper process."""
     if r is None:
         return MailGateway()
     enabled = r.get("enabled", BOOLEAN, True)
+    helper = r.get("helper_process", BOOLEAN, True)
     r.finish()
-    return MailGateway(enabled=True if enabled is None else enabled)
+    return MailGateway(enabled=True if enabled is None else enabled, helper_process=True if helper is None else helper)
 
 
 _AUTHSERV_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]*")

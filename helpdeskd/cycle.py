@@ -47,14 +47,14 @@ class Outcome:
 
 
 def file_safely(inbound: Inbound, svc: Services, mailbox: Mailbox | None = None, *,
-                released: bool = False) -> Outcome:
+                released: bool = False, parsed: Message | None = None) -> Outcome:
     """File one message; anything that goes wrong except a transient failure lands it in quarantine.
 
     This is the one catch-all of the pipeline. A TransientError (disk full, lock busy) propagates:
     the source then keeps the message and offers it again later.
     """
     try:
-        return file_message(inbound, svc, mailbox, released=released)
+        return file_message(inbound, svc, mailbox, released=released, parsed=parsed)
     except TransientError:
         raise
     except OSError as exc:
@@ -73,13 +73,15 @@ def quarantine(inbound: Inbound, svc: Services, reason: str) -> Outcome:
 
 
 def file_message(inbound: Inbound, svc: Services, mailbox: Mailbox | None = None, *,
-                 released: bool = False) -> Outcome:
+                 released: bool = False, parsed: Message | None = None) -> Outcome:
     """Parse, decide (once) and apply. Idempotent for the same bytes.
 
     ``released``: an admin let this message out of ``held/``; its "held" decision is replaced by a
     new one that skips the unknown-sender policy (any other recorded decision still stands).
+    ``parsed``: what ``strip_imitations(parse(inbound.raw))`` gives, computed ahead by the caller
+    (the helper process, see :mod:`helpdeskd.helper`).
     """
-    message = strip_imitations(parse(inbound.raw, svc.config.limits))
+    message = parsed or strip_imitations(parse(inbound.raw, svc.config.limits))
     with svc.store.unit():
         return _decide_and_apply(message, inbound, svc, mailbox, released)
 

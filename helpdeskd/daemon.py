@@ -27,7 +27,7 @@ import signal
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
-from . import logs
+from . import helper, logs
 from .cycle import Services
 from .errors import ConfigError
 from .gateway import Pop3Result
@@ -328,4 +328,5 @@ def run_daemon(path: Path, runtime: Runtime, log_level: str | None = None) -> in
     try:
         return asyncio.run(Daemon(path, runtime, log_level=log_level).run())
     finally:
+        helper.shutdown()
         lock.release()

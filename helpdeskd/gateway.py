@@ -31,6 +31,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from . import helper
 from .cycle import Outcome, Services, file_safely
 from .errors import PermanentError, TransientError
 from .intake import PollResult, log_outcome
@@ -38,7 +39,7 @@ from .lang import choose_language
 from .logs import get
 from .loops import no_autoreply_reason, rate_limit_reason
 from .mailout import Occasion, queue_refusal, recent_autoreplies
-from .message import Inbound
+from .message import Inbound, Message
 from .parse import parse
 from .settings import LANGUAGES, Mailbox, Pop3
 from .sources.pop3 import Listed, Pop3Session, connect
@@ -65,6 +66,7 @@ class Pop3Result(PollResult):
 class _Batch:
     items: list[Listed]
     raws: list[bytes | None]
+    parsing: Future[list[Message | None]] | None = None  # the helper process at work on ``raws``
 
 
 def poll_pop3(mailbox: Mailbox, svc: Services, locked: Locked = run_directly,
@@ -154,6 +156,8 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
                 result.more = True
                 break
             batch = _Batch(batch_items, session.retrieve([m.number for m in batch_items], limit))
+            if svc.config.mail_gateway.helper_process:
+                batch.parsing = helper.parse_ahead(batch.raws, svc.config.limits)
             if filing is not None:
                 commits.append(filing.result())
                 filing = None
@@ -244,13 +248,14 @@ def _file_locked(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger,
 
 def _file_each(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, result: Pop3Result,
                filed: list[tuple[Listed, str]]) -> None:
-    for item, raw in zip(batch.items, batch.raws):
+    messages = helper.parsed(batch.parsing, len(batch.raws))
+    for item, raw, message in zip(batch.items, batch.raws, messages):
         if raw is None:
             log.warning("pop3_retr_refused", mailbox=mailbox.name, uid=item.uid, number=item.number)
             continue
-        upstream_id = item.uid or f"key:{parse(raw, svc.config.limits).key}"
+        upstream_id = item.uid or f"key:{(message or parse(raw, svc.config.limits)).key}"
         if upstream_id not in ledger:  # only without UIDL can a filed message come back here
-            _file_one(Inbound(mailbox.name, upstream_id, raw), mailbox, svc, result)
+            _file_one(Inbound(mailbox.name, upstream_id, raw), mailbox, svc, result, message)
         filed.append((item, upstream_id))
 
 
@@ -268,9 +273,10 @@ def _commit(filed: list[tuple[Listed, str]], touched: Touched, svc: Services, le
     return [item.number for item, _ in filed]
 
 
-def _file_one(inbound: Inbound, mailbox: Mailbox, svc: Services, result: Pop3Result) -> Outcome:
+def _file_one(inbound: Inbound, mailbox: Mailbox, svc: Services, result: Pop3Result,
+              message: Message | None = None) -> Outcome:
     started = time.monotonic()
-    outcome = file_safely(inbound, svc, mailbox)
+    outcome = file_safely(inbound, svc, mailbox, parsed=message)
     result.add(outcome)
     log_outcome(outcome, mailbox.name, time.monotonic() - started)
     return outcome

@@ -64,9 +64,12 @@ def code_key(code: str) -> str:
 
 
 def code_candidates(message: Message) -> tuple[str, ...]:
-    """Code-shaped words in the subject and the top of the body (a reply keeps our subject)."""
-    text = f"{message.subject}\n{message.text[:CODE_SEARCH_CHARS]}".upper()
-    return tuple(dict.fromkeys(f"{a}-{b}" for a, b in _CODE.findall(text)))
+    """Code-shaped words in the subject and the top of the body (a reply keeps our subject);
+    computed once per message."""
+    if "codes" not in message.memo:
+        text = f"{message.subject}\n{message.text[:CODE_SEARCH_CHARS]}".upper()
+        message.memo["codes"] = tuple(dict.fromkeys(f"{a}-{b}" for a, b in _CODE.findall(text)))
+    return message.memo["codes"]
 
 
 def status_decision(message: Message, config: Config, confirmations: Mapping[str, Confirmation], now: float,

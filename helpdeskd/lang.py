@@ -31,13 +31,20 @@ def guess_language(text: str, sample: int = 2000) -> str | None:
     return best if scores[best] >= 2 and scores[best] > 1.5 * other else None
 
 
+def guessed_language(message: Message) -> str | None:
+    """:func:`guess_language` of the message's subject and text (computed once per message)."""
+    if "language" not in message.memo:
+        message.memo["language"] = guess_language(f"{message.subject}\n{message.text}")
+    return message.memo["language"]
+
+
 def choose_language(message: Message, supported: tuple[str, ...], default: str, detect: bool) -> str:
     """Declared language (Content-Language, Accept-Language) → guessed from the text → ``default``."""
     for lang in message.languages:
         if lang in supported:
             return lang
     if detect:
-        guessed = guess_language(f"{message.subject}\n{message.text}")
+        guessed = guessed_language(message)
         if guessed in supported:
             return guessed
     return default

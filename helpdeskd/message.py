@@ -55,6 +55,9 @@ class Message:
     defects: tuple[str, ...] = ()
     size: int = 0
     embedded_ids: tuple[str, ...] = ()  # Message-IDs of mail embedded in this one (forwards, bounce reports)
+    # Results of pure functions of this value, kept by them (see helpdeskd.lang, helpdeskd.identity):
+    # computed once, and ahead of time where a helper process parses (it travels with the value).
+    memo: dict = field(default_factory=dict, init=False, compare=False, hash=False, repr=False)
 
     def header(self, name: str) -> str | None:
         """First value of header ``name`` (case-insensitive), or None."""

@@ -250,6 +250,7 @@ class MailGateway:
     ``helpdeskd deliver`` answers EX_TEMPFAIL, so mail waits upstream; everything else runs."""
 
     enabled: bool = True
+    helper_process: bool = True  # parse retrieved POP3 mail in a helper process (see helpdeskd.helper)
 
 
 @dataclass(frozen=True)
