@@ -61,6 +61,7 @@ def test_the_roles_config_is_valid_and_complete(tmp_path):
     (lambda d: d["access"].update(admins=["support@helpdesk.localhost"]), "access.admins[0]: "),
     (lambda d: d["resellers"][0].update(domain=["x.example"]), 'resellers[0].domain: unknown key (did you mean "domains"?)'),
     (lambda d: d.update(mail_gateway={"enabled": "no"}), "mail_gateway.enabled: expected true or false"),
+    (lambda d: d.update(mail_gateway={"helper_process": 1}), "mail_gateway.helper_process: expected true or false"),
     (lambda d: d.update(status_requests={"keywords": []}), "status_requests.keywords: at least one keyword"),
     (lambda d: d.update(status_requests={"trusted_authserv_ids": ["mx; evil"]}), "status_requests.trusted_authserv_ids[0]"),
     (lambda d: d.update(status_requests={"code_ttl": "30s"}), "status_requests.code_ttl: must be between"),

@@ -1,0 +1,123 @@
+"""The helper process that parses retrieved mail beside the filing thread (helpdeskd.helper)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from helpdeskd import helper
+from helpdeskd.decide import strip_imitations
+from helpdeskd.gateway import poll_pop3
+from helpdeskd.identity import code_candidates
+from helpdeskd.lang import guessed_language
+from helpdeskd.parse import parse
+from helpdeskd.settings import Limits
+
+from conftest import mail
+from test_pop3 import Box, answers, many, services, tickets
+
+SPANISH = mail(subject="No puedo enviar correo", body="Hola, desde ayer no puedo enviar correo. Mi código es ABCD-EFGH.",
+               message_id="<es1@cliente.es>")
+
+
+@pytest.fixture(autouse=True)
+def fresh_helper():
+    helper.shutdown()
+    yield
+    helper.shutdown()
+
+
+def test_the_helper_computes_what_the_filing_thread_would():
+    raws = [SPANISH, None, mail(subject="Hello", body="Hello, my mail account does not work, please help. Thanks")]
+    future = helper.parse_ahead(raws, Limits())
+    assert future is not None
+    got = helper.parsed(future, len(raws))
+    assert got[1] is None
+    for raw, message in zip((raws[0], raws[2]), (got[0], got[2])):
+        assert message == strip_imitations(parse(raw, Limits()))
+    # pure results computed there travel with the value, so the filing thread does not redo them
+    assert got[0].memo == {"language": "es", "codes": ("ABCD-EFGH",)}
+    assert got[2].memo["language"] == "en"
+    assert guessed_language(got[0]) == "es" and code_candidates(got[0]) == ("ABCD-EFGH",)
+
+
+def test_a_message_the_helper_cannot_parse_is_left_to_the_filing_thread(monkeypatch):
+    def broken(raw, limits):
+        raise RuntimeError("parser bug")
+
+    monkeypatch.setattr(helper, "parse", broken)  # parse_batch as run inline; the child has the real one
+    assert helper.parse_batch([SPANISH], Limits()) == [None]
+
+
+def test_a_dead_helper_is_replaced_and_its_batch_parsed_inline():
+    future = helper.parse_ahead([SPANISH], Limits())
+    assert helper.parsed(future, 1)[0] is not None
+    [pid] = list(helper._pool._processes)  # the running helper
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    late = helper.parse_ahead([SPANISH], Limits())  # submitted to the dead pool, or refused at once
+    assert helper.parsed(late, 1) == [None]  # the filing thread parses it
+    again = helper.parse_ahead([SPANISH], Limits())  # a new helper
+    assert again is not None and helper.parsed(again, 1)[0] is not None
+    assert list(helper._pool._processes) != [pid]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+pop3 = pytest.mark.skipif(os.geteuid() != 0, reason="starting Dovecot needs root (CI runs as root)")
+
+
+@pop3
+@pytest.mark.parametrize("helper_process", [True, False])
+def test_pop3_files_the_same_with_or_without_the_helper(dovecot, tmp_path, helper_process):
+    box = Box(dovecot, tmp_path)
+    box.put(*many(12), SPANISH)
+    svc = services(tmp_path, box.entry(batch=4))
+    svc.config = _with_helper(svc.config, helper_process)
+    result = poll_pop3(svc.config.mailboxes[0], svc)
+    assert result.error is None and result.counts == {"new": 13} and box.left == 0
+    assert len(tickets(svc)) == 13 and len(answers(svc)) == 13
+    spanish = next(t for t in tickets(svc) if t.subject == "No puedo enviar correo")
+    assert spanish.requester.language == "es"
+    assert (helper._pool is not None) == helper_process
+
+
+@pop3
+def test_pop3_files_everything_when_the_helper_dies_mid_session(dovecot, tmp_path, monkeypatch):
+    from helpdeskd import gateway
+
+    real, calls = helper.parse_ahead, []
+
+    def parse_ahead(raws, limits):
+        future = real(raws, limits)
+        calls.append(future)
+        if len(calls) == 2:  # the second batch's helper is killed while it is at work
+            for pid in list(helper._pool._processes):
+                os.kill(pid, signal.SIGKILL)
+        return future
+
+    monkeypatch.setattr(gateway.helper, "parse_ahead", parse_ahead)
+    box = Box(dovecot, tmp_path)
+    box.put(*many(20))
+    svc = services(tmp_path, box.entry(batch=4))
+    result = poll_pop3(svc.config.mailboxes[0], svc)
+    assert result.error is None and result.counts == {"new": 20} and box.left == 0
+    assert len(tickets(svc)) == 20 and len(answers(svc)) == 20
+    assert len(calls) == 5 and helper._pool is not None  # a new helper took over
+
+
+def _with_helper(config, on: bool):
+    from dataclasses import replace
+
+    return replace(config, mail_gateway=replace(config.mail_gateway, helper_process=on))
