@@ -15,6 +15,11 @@ daemon's filing lock, without fsync), the session thread already retrieves the n
 thread makes the previous one durable (one group commit, see ``store/fsutil.py``) and writes its
 ledger; only then is that batch DELE'd. At most two batches of mail are in memory.
 
+With the helper process (``[mail_gateway] helper_process``, see ``helper.py``), it parses each batch
+as soon as it is retrieved, and composes the mail that filing a batch asks for while the filer files
+the next one; the filer then queues that mail, and the commit after it completes the earlier batch.
+So a batch is ledgered and DELE'd one commit later: once its tickets and its outgoing mail are durable.
+
 Oversized messages (LIST size over the limit) are never downloaded whole: their headers (TOP) become
 a ticket with a note, or are kept in ``refused/`` with an answer to the sender (``oversized``).
 Servers without UIDL: the ledger holds message keys instead (``key:<key>``), which can only be
@@ -23,6 +28,8 @@ known after RETR — such a mailbox is downloaded whole on each poll when mail i
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import time
 from collections import deque
@@ -32,13 +39,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from . import helper
-from .cycle import Outcome, Services, file_safely
+from .cycle import Outcome, Services, file_safely, quarantine
 from .errors import PermanentError, TransientError
 from .intake import PollResult, log_outcome
 from .lang import choose_language
 from .logs import get
 from .loops import no_autoreply_reason, rate_limit_reason
-from .mailout import Occasion, queue_refusal, recent_autoreplies
+from .mailout import MailJob, Occasion, collecting, finish_job, queue_refusal, recent_autoreplies
 from .message import Inbound, Message
 from .parse import parse
 from .settings import LANGUAGES, Mailbox, Pop3
@@ -67,6 +74,16 @@ class _Batch:
     items: list[Listed]
     raws: list[bytes | None]
     parsing: Future[list[Message | None]] | None = None  # the helper process at work on ``raws``
+
+
+@dataclass
+class _Filed:
+    """Messages filed (with their upstream ids) whose outgoing mail is being composed by the helper;
+    they count as filed once that mail is queued and a commit has made it durable."""
+
+    entries: list[tuple[Listed, str]]
+    jobs: list[tuple[MailJob, Inbound]]
+    composing: Future[list[helper.Composed]] | None = None
 
 
 def poll_pop3(mailbox: Mailbox, svc: Services, locked: Locked = run_directly,
@@ -150,6 +167,9 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
     committer = ThreadPoolExecutor(1, thread_name_prefix=f"commit-{mailbox.name}")
     filing: Future[Future[list[int]]] | None = None
     commits: deque[Future[list[int]]] = deque()  # in batch order: the committer is one thread
+    pending: list[_Filed] = []  # the filer's: a filed batch whose mail the helper is composing
+    file = functools.partial(_file_batch, mailbox=mailbox, svc=svc, ledger=ledger, locked=locked, result=result,
+                             committer=committer, pending=pending)
     try:
         for batch_items in _batches(items, cfg, limit, result):
             if should_stop() or time.monotonic() > deadline:
@@ -164,11 +184,13 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
             if should_stop():  # asked while retrieving or filing: this batch stays on the server
                 result.more = True
                 break
-            filing = filer.submit(_file_batch, batch, mailbox, svc, ledger, locked, result, committer)
+            filing = filer.submit(file, batch)
             while commits and commits[0].done():
                 _delete(session, commits.popleft().result(), cfg)
         if filing is not None:
             commits.append(filing.result())
+        if pending:  # (the filer is idle now) the last batch's mail, then its commit
+            commits.append(filer.submit(file, None).result())
         while commits:
             _delete(session, commits.popleft().result(), cfg)
     finally:  # after an error too: the filing and commits in hand end before the session is aborted
@@ -196,40 +218,43 @@ def _delete(session: Pop3Session, numbers: list[int], cfg: Pop3) -> None:
         session.delete(numbers)
 
 
-def _file_batch(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, locked: Locked,
-                result: Pop3Result, committer: ThreadPoolExecutor) -> Future[list[int]]:
-    """File each retrieved message and hand the batch's commit to the committer; its future gives
-    the numbers to DELE once they are durable and in the ledger.
+def _file_batch(batch: _Batch | None, *, mailbox: Mailbox, svc: Services, ledger: Ledger, locked: Locked,
+                result: Pop3Result, committer: ThreadPoolExecutor, pending: list[_Filed]) -> Future[list[int]]:
+    """File each retrieved message (none: ``batch`` None ends the session), queue the mail of the
+    batch before (``pending``), and hand the commit to the committer; its future gives the numbers
+    to DELE once they are durable and in the ledger.
 
-    On a TransientError (or an OSError) the messages filed before it are still committed and
-    ledgered, then the error propagates as a TransientError.
+    On a TransientError (or an OSError) the messages filed before it are still completed, committed
+    and ledgered, then the error propagates as a TransientError.
     """
-    filed: list[tuple[Listed, str]] = []
+    done: list[tuple[Listed, str]] = []
     try:
-        touched, failure = locked(lambda: _file_locked(batch, mailbox, svc, ledger, result, filed))
+        touched, failure = locked(lambda: _file_locked(batch, mailbox, svc, ledger, result, pending, done))
     except OSError as exc:  # taking the write lock
         raise TransientError(f"storage failed: {exc}") from exc
-    committing = committer.submit(_commit, filed, touched, svc, ledger)
+    committing = committer.submit(_commit, done, touched, svc, ledger)
     if failure is not None:
         committing.result()
         raise failure
     return committing
 
 
-def _file_locked(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, result: Pop3Result,
-                 filed: list[tuple[Listed, str]]) -> tuple[Touched, TransientError | None]:
-    """File the batch under the write lock; ``filed`` learns of each message as it is filed.
+def _file_locked(batch: _Batch | None, mailbox: Mailbox, svc: Services, ledger: Ledger, result: Pop3Result,
+                 pending: list[_Filed], done: list[tuple[Listed, str]]) -> tuple[Touched, TransientError | None]:
+    """Under the write lock: file the batch, then queue the mail of the batch before (composed in
+    the meantime); ``done`` learns of the messages complete once this is committed.
 
-    Returns what was written, for the commit, and the failure that ended the batch early, if any.
+    Returns what was written, for the commit, and the failure that ended the work early, if any.
     Without fsync here when commits may overlap the next batch's writes (syncfs); otherwise the
     commit happens now, before the lock is released (file-by-file fsyncs sync whatever a file holds).
     """
     sync, failure = svc.store.sync, None
+    current = _Filed([], [])
     with svc.write_lock():
         with sync.collect() as touched:
             try:
-                with svc.store.ids_reserved(len(batch.items)):
-                    _file_each(batch, mailbox, svc, ledger, result, filed)
+                if batch is not None:
+                    _file_each(batch, mailbox, svc, ledger, result, current)
             except TransientError as exc:
                 failure = exc
             except OSError as exc:
@@ -237,26 +262,71 @@ def _file_locked(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger,
             except BaseException:
                 touched.close()  # a bug: nothing of this batch will be committed or deleted
                 raise
+            failure = _queue_mail(pending, current, batch is None or failure is not None, svc, result, done) or failure
         if not sync.commits_may_overlap:
             try:
                 sync.commit(touched)
             except OSError as exc:
-                filed.clear()  # none of it is durable
+                done.clear()  # none of it is durable
                 return touched, TransientError(f"storage failed: {exc}")
     return touched, failure
 
 
 def _file_each(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, result: Pop3Result,
-               filed: list[tuple[Listed, str]]) -> None:
+               current: _Filed) -> None:
+    """File each message; with the helper, the mail each asks for is collected in ``current.jobs``."""
     messages = helper.parsed(batch.parsing, len(batch.raws))
-    for item, raw, message in zip(batch.items, batch.raws, messages):
-        if raw is None:
-            log.warning("pop3_retr_refused", mailbox=mailbox.name, uid=item.uid, number=item.number)
-            continue
-        upstream_id = item.uid or f"key:{(message or parse(raw, svc.config.limits)).key}"
-        if upstream_id not in ledger:  # only without UIDL can a filed message come back here
-            _file_one(Inbound(mailbox.name, upstream_id, raw), mailbox, svc, result, message)
-        filed.append((item, upstream_id))
+    jobs: list[MailJob] = []
+    with svc.store.ids_reserved(len(batch.items)), (collecting(jobs) if svc.config.mail_gateway.helper_process
+                                                    else contextlib.nullcontext()):
+        for item, raw, message in zip(batch.items, batch.raws, messages):
+            if raw is None:
+                log.warning("pop3_retr_refused", mailbox=mailbox.name, uid=item.uid, number=item.number)
+                continue
+            upstream_id = item.uid or f"key:{(message or parse(raw, svc.config.limits)).key}"
+            if upstream_id not in ledger:  # only without UIDL can a filed message come back here
+                inbound = Inbound(mailbox.name, upstream_id, raw)
+                try:
+                    _file_one(inbound, mailbox, svc, result, message)
+                finally:  # what it asked for before an error is queued all the same, as it would be inline
+                    current.jobs.extend((job, inbound) for job in jobs)
+                    jobs.clear()
+            current.entries.append((item, upstream_id))
+
+
+def _queue_mail(pending: list[_Filed], current: _Filed, now: bool, svc: Services, result: Pop3Result,
+                done: list[tuple[Listed, str]]) -> TransientError | None:
+    """Queue the mail of the batch filed before (the helper composed it meanwhile), then hand this
+    batch's to the helper — or, ``now`` (last batch, or an error), compose and queue it here too.
+    ``done`` gets the messages whose mail is queued; returns the failure that stopped it, if any."""
+    try:
+        while pending:
+            _finish(pending[0], svc)
+            done.extend(pending.pop(0).entries)
+        if current.jobs and not now:
+            current.composing = helper.compose_ahead(svc.config, svc.templates, [job for job, _ in current.jobs])
+            pending.append(current)
+        else:
+            _finish(current, svc)
+            done.extend(current.entries)
+    except TransientError as exc:
+        return exc
+    except OSError as exc:
+        return TransientError(f"storage failed: {exc}")
+    return None
+
+
+def _finish(filed: _Filed, svc: Services) -> None:
+    """Queue what the helper composed for ``filed`` (composed here if it could not)."""
+    jobs = [job for job, _ in filed.jobs]
+    answers = helper.composed(filed.composing, svc.config, svc.templates, jobs)
+    with svc.store.unit():
+        for (job, inbound), answer in zip(filed.jobs, answers):
+            if isinstance(answer, helper.Failed):  # as inline, where it would have quarantined the message
+                log.error("mail_not_composed", ticket=job.ticket.id, template=job.send.template, error=answer.error)
+                quarantine(inbound, svc, f"composing {job.send.template} for ticket #{job.ticket.id}: {answer.error}")
+            else:
+                finish_job(svc, job, answer)
 
 
 def _commit(filed: list[tuple[Listed, str]], touched: Touched, svc: Services, ledger: Ledger) -> list[int]:

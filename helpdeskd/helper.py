@@ -1,9 +1,10 @@
-"""A helper process that parses retrieved mail while the filing thread files the previous batch.
+"""A helper process for the pure work around filing: parsing mail, and composing the mail we send.
 
-Parsing is pure (raw bytes in, a :class:`Message` out) and about a fifth of what filing a message
-costs in Python, which runs one thread at a time: in a process of its own it runs on another core.
-The POP3 pipeline hands each batch to :func:`parse_ahead` as soon as it is retrieved and takes the
-parsed messages back when it files that batch.
+Python runs one thread at a time, and these two are about two fifths of what filing a message costs;
+in a process of their own they run on another core. The POP3 pipeline hands each batch to
+:func:`parse_ahead` as soon as it is retrieved and takes the parsed messages back when it files that
+batch; the mail that filing asks for (:class:`~helpdeskd.mailout.MailJob`) goes to
+:func:`compose_ahead` and is queued, by the filing thread, while the next batch is filed.
 
 The helper only ever computes; it writes nothing and decides nothing, so losing it loses nothing:
 when it cannot start or dies, the batch is parsed in the filing thread as before (one warning per
@@ -14,18 +15,23 @@ daemon (its request pipe closes).
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
+import pickle
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 
 from .decide import strip_imitations
 from .identity import code_candidates
 from .lang import guessed_language
 from .logs import get
+from .mailout import MailJob, Unsendable, compose_job
 from .message import Message
 from .parse import parse
-from .settings import Limits
+from .settings import Config, Limits
+from .templates import Templates
 
 log = get("helper")
 
@@ -51,35 +57,104 @@ def parse_batch(raws: list[bytes | None], limits: Limits) -> list[Message | None
 
 def parse_ahead(raws: list[bytes | None], limits: Limits) -> Future[list[Message | None]] | None:
     """Start parsing ``raws`` in the helper; None when no helper can run (parse them inline)."""
+    return _submit(parse_batch, raws, limits)
+
+
+def parsed(future: Future[list[Message | None]] | None, count: int) -> list[Message | None]:
+    """The helper's answer for a batch of ``count``, or ``count`` Nones if it has none."""
+    return _answer(future) or [None] * count
+
+
+# -- composing ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Failed:
+    """Composing a mail raised (a template that fails at run time): what the filing thread reports."""
+
+    error: str
+
+
+Composed = bytes | Unsendable | Failed
+
+
+def compose_batch(config: Config, templates: Templates, jobs: list[MailJob]) -> list[Composed]:
+    """:func:`~helpdeskd.mailout.compose_job` for each job; an exception becomes :class:`Failed`."""
+    out: list[Composed] = []
+    for job in jobs:
+        try:
+            out.append(compose_job(config, templates, job))
+        except Exception as exc:  # noqa: BLE001 - one job's failure, reported by the filing thread
+            out.append(Failed(f"{type(exc).__name__}: {exc}"))
+    return out
+
+
+_snapshots: dict[tuple[int, int], tuple[Config, Templates, str, bytes]] = {}  # main side, by identity
+_current: tuple[str, Config, Templates] | None = None  # helper side: the last snapshot unpickled
+
+
+def compose_ahead(config: Config, templates: Templates, jobs: list[MailJob]) -> Future[list[Composed]] | None:
+    """Start composing ``jobs`` in the helper; None when no helper can run (compose them inline).
+
+    The configuration and templates travel with every batch as one pickled snapshot (~25 KB,
+    made once per reload); the helper unpickles it only when it changed."""
+    with _lock:
+        key = (id(config), id(templates))
+        if key not in _snapshots:
+            _snapshots.clear()  # one generation at a time: a reload replaces it
+            blob = pickle.dumps((config, templates), pickle.HIGHEST_PROTOCOL)
+            _snapshots[key] = (config, templates, hashlib.sha256(blob).hexdigest(), blob)
+        _, _, token, blob = _snapshots[key]
+    return _submit(_compose_in_helper, token, blob, jobs)
+
+
+def _compose_in_helper(token: str, blob: bytes, jobs: list[MailJob]) -> list[Composed]:
+    global _current
+    if _current is None or _current[0] != token:
+        config, templates = pickle.loads(blob)
+        _current = (token, config, templates)
+    return compose_batch(_current[1], _current[2], jobs)
+
+
+def composed(future: Future[list[Composed]] | None, config: Config, templates: Templates,
+             jobs: list[MailJob]) -> list[Composed]:
+    """The helper's answer for ``jobs``, or the same computed here when it has none."""
+    return _answer(future) or compose_batch(config, templates, jobs)
+
+
+# -- the pool -------------------------------------------------------------------------------------
+def _submit(function, *args) -> Future | None:
     global _pool
     with _lock:
         try:
             if _pool is None:
                 _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
-            return _pool.submit(parse_batch, raws, limits)
+            future = _pool.submit(function, *args)
         except (BrokenProcessPool, OSError, RuntimeError) as exc:
-            _forget(exc)
+            _forget(exc, _pool)
             return None
+        future.pool = _pool  # type: ignore[attr-defined]  # which helper to drop if this one fails
+        return future
 
 
-def parsed(future: Future[list[Message | None]] | None, count: int) -> list[Message | None]:
-    """The helper's answer for a batch of ``count``, or ``count`` Nones if it has none."""
+def _answer(future: Future | None) -> list | None:
+    """A future's result; None when there is no future or the helper failed (killed, OOM, or
+    anything else: the caller then does the same work itself, where a real error shows as usual)."""
     if future is None:
-        return [None] * count
+        return None
     try:
         return future.result()
-    except (BrokenProcessPool, OSError, EOFError) as exc:  # killed (OOM, an admin): parse inline
+    except Exception as exc:  # noqa: BLE001 - see above: the work is redone in this process
         with _lock:
-            _forget(exc)
-        return [None] * count
+            _forget(exc, future.pool)  # type: ignore[attr-defined]
+        return None
 
 
-def _forget(exc: BaseException) -> None:
-    """Drop a pool that failed; the next batch starts a new one. Caller holds ``_lock``."""
+def _forget(exc: BaseException, pool: ProcessPoolExecutor | None) -> None:
+    """Drop ``pool``, which failed, unless it was replaced already; the next batch starts a new one.
+    Caller holds ``_lock``."""
     global _pool
-    log.warning("helper_unavailable", error=f"{type(exc).__name__}: {exc}", fallback="parsing in the filing thread")
-    pool, _pool = _pool, None
-    if pool is not None:
+    log.warning("helper_unavailable", error=f"{type(exc).__name__}: {exc}", fallback="the work is done in the daemon")
+    if pool is not None and pool is _pool:
+        _pool = None
         pool.shutdown(wait=False, cancel_futures=True)
 
 

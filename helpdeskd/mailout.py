@@ -3,18 +3,28 @@
 Used by the cycle (mail that came in) and by ``helpdeskctl`` (answers typed at the command line).
 Outbox ids derive from the occasion's key, the template and the recipient, so doing the same work
 twice — after a crash — queues nothing twice, and each queued mail is recorded once in the history.
+
+Each mail is a :class:`MailJob` (plain values): :func:`compose_job` renders and composes it without
+touching the store, :func:`finish_job` queues the result. Both run one after the other, unless the
+caller collects the jobs (:func:`collecting`) to have them composed elsewhere — the POP3 gateway's
+helper process — and finishes them later, before its batch counts as filed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from .actions import PARTICIPANTS, REQUESTER, SENDER, STAFF, Send
 from .matching import make_message_id, plus_address, render_tag, tagged_ids
-from .services import Services, event_once
 from .outmail import Rendered, compose
-from .templates import context_for, refusal_context
+from .services import Services, event_once
+from .settings import Config
+from .templates import Templates, context_for, refusal_context
 from .ticket import Ticket
 
 AUTO_SUBMITTED = {"auto-reply": "auto-replied", "notification": "auto-generated", "relay": "no"}
@@ -64,8 +74,44 @@ def recipients(send: Send, ticket: Ticket, occasion: Occasion, svc: Services) ->
     return list(unique.values())
 
 
+@dataclass(frozen=True)
+class MailJob:
+    """One mail to queue, with everything its rendering and composition need."""
+
+    out_id: str  # outbox id: derived from the occasion, the template and the recipient
+    message_id: str
+    ticket: Ticket  # as it was when the mail was asked for
+    send: Send
+    person: Recipient
+    occasion: Occasion
+    date: datetime
+
+
+@dataclass(frozen=True)
+class Unsendable:
+    """A mail that cannot be written (an address or header value no message may carry)."""
+
+    reason: str
+
+
+_collector = threading.local()
+
+
+@contextmanager
+def collecting(jobs: list[MailJob]) -> Iterator[None]:
+    """Within the block (this thread), mail to queue is appended to ``jobs`` instead of being
+    composed and queued; the caller passes each job's :func:`compose_job` result to :func:`finish_job`."""
+    outer = getattr(_collector, "jobs", None)
+    _collector.jobs = jobs
+    try:
+        yield
+    finally:
+        _collector.jobs = outer
+
+
 def queue_sends(svc: Services, ticket: Ticket, sends: list[Send], occasion: Occasion) -> int:
-    """Queue every Send for ``ticket``; returns how many mails were queued now (0 on a repeat)."""
+    """Queue every Send for ``ticket``; returns how many mails were queued now (0 on a repeat)
+    or, while :func:`collecting`, will be."""
     queued = 0
     for send in sends:
         for person in recipients(send, ticket, occasion, svc):
@@ -75,27 +121,51 @@ def queue_sends(svc: Services, ticket: Ticket, sends: list[Send], occasion: Occa
 
 def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occasion: Occasion) -> int:
     out_id = hashlib.sha256(f"{occasion.key}:{send.template}:{person.addr}".encode()).hexdigest()[:24]
+    mid = make_message_id(ticket.id, ticket.token, out_id, svc.config.helpdesk.message_id_domain)
+    job = MailJob(out_id, mid, ticket, send, person, occasion, svc.clock())
+    if svc.outbox.state_of(out_id) is not None:
+        _record_queued(svc, job)
+        return 0
+    collected = getattr(_collector, "jobs", None)
+    if collected is not None:
+        collected.append(job)
+        return 1
+    return finish_job(svc, job, compose_job(svc.config, svc.templates, job))
+
+
+def compose_job(config: Config, templates: Templates, job: MailJob) -> bytes | Unsendable:
+    """The mail's bytes, or why it cannot be written. Touches no store; a broken template raises
+    ConfigError (as rendering does everywhere)."""
+    ticket, person = job.ticket, job.person
+    context = context_for(ticket, config, person.language, message=job.occasion.message, **job.occasion.extra)
+    rendered = _with_tag(templates.render(job.send.template, person.language, ticket.queue, context),
+                         config.helpdesk.subject_tag, ticket.id)
+    try:
+        return _compose(config, rendered, job)
+    except (ValueError, UnicodeError) as exc:  # one unwritable address must not stop the others
+        return Unsendable(str(exc))
+
+
+def finish_job(svc: Services, job: MailJob, result: bytes | Unsendable) -> int:
+    """Queue a composed mail (or note on the ticket why it could not be written); 1 if queued now."""
+    ticket, send, person = job.ticket, job.send, job.person
+    if isinstance(result, Unsendable):
+        event_once(svc, ticket.id, {"type": "note", "ref": f"unsendable:{job.out_id}", "by": "helpdeskd",
+                                    "text": f"{send.template} not sent to {person.addr}: {result.reason}"})
+        return 0
     hd = svc.config.helpdesk
-    mid = make_message_id(ticket.id, ticket.token, out_id, hd.message_id_domain)
-    queued = 0
-    if svc.outbox.state_of(out_id) is None:
-        context = context_for(ticket, svc.config, person.language, message=occasion.message, **occasion.extra)
-        rendered = _with_tag(svc.templates.render(send.template, person.language, ticket.queue, context),
-                             hd.subject_tag, ticket.id)
-        try:
-            data = _compose(svc, rendered, ticket, send, person, mid, occasion)
-        except (ValueError, UnicodeError) as exc:  # one unwritable address must not stop the others
-            event_once(svc, ticket.id, {"type": "note", "ref": f"unsendable:{out_id}", "by": "helpdeskd",
-                                        "text": f"{send.template} not sent to {person.addr}: {exc}"})
-            return 0
-        envelope = {"from": hd.address if send.kind == "relay" else "", "to": [person.addr], "ticket": ticket.id,
-                    "template": send.template, "kind": send.kind, "message_id": mid}
-        before_enqueue(svc, person.addr, out_id, send.kind)
-        queued = int(svc.outbox.put_new(out_id, envelope, data))
-    event_once(svc, ticket.id, {"type": "reply_queued", "ref": out_id, "template": send.template,
-                                "to": person.addr, "kind": send.kind, "message_id": mid,
-                                "language": person.language})
+    envelope = {"from": hd.address if send.kind == "relay" else "", "to": [person.addr], "ticket": ticket.id,
+                "template": send.template, "kind": send.kind, "message_id": job.message_id}
+    before_enqueue(svc, person.addr, job.out_id, send.kind)
+    queued = int(svc.outbox.put_new(job.out_id, envelope, result))
+    _record_queued(svc, job)
     return queued
+
+
+def _record_queued(svc: Services, job: MailJob) -> None:
+    event_once(svc, job.ticket.id, {"type": "reply_queued", "ref": job.out_id, "template": job.send.template,
+                                    "to": job.person.addr, "kind": job.send.kind, "message_id": job.message_id,
+                                    "language": job.person.language})
 
 
 def recent_autoreplies(addrs: list[str], svc: Services) -> tuple[dict[str, int], int]:
@@ -116,9 +186,8 @@ def before_enqueue(svc: Services, addr: str, out_id: str, kind: str) -> None:
     svc.sent.record(addr, out_id, svc.clock().timestamp(), horizon)
 
 
-def _compose(svc: Services, rendered: Rendered, ticket: Ticket, send: Send, person: Recipient, mid: str,
-             occasion: Occasion) -> bytes:
-    hd = svc.config.helpdesk
+def _compose(config: Config, rendered: Rendered, job: MailJob) -> bytes:
+    hd, ticket, send, occasion = config.helpdesk, job.ticket, job.send, job.occasion
     if send.to == SENDER:  # an answer to the mail that came in: thread under it
         in_reply_to, refs = occasion.in_reply_to, (*occasion.references, occasion.in_reply_to)
     else:  # people who never saw the incoming mail: thread under the ticket's first message
@@ -127,9 +196,9 @@ def _compose(svc: Services, rendered: Rendered, ticket: Ticket, send: Send, pers
     who = occasion.sender_name or occasion.sender
     from_name = f"{who} ({hd.name})" if send.kind == "relay" and who else hd.name
     return compose(
-        rendered, from_name=from_name, from_addr=hd.address, to_name=person.name, to_addr=person.addr,
-        message_id=mid, in_reply_to=in_reply_to, references=tuple(r for r in refs if r),
-        auto_submitted=AUTO_SUBMITTED[send.kind], date=svc.clock(),
+        rendered, from_name=from_name, from_addr=hd.address, to_name=job.person.name, to_addr=job.person.addr,
+        message_id=job.message_id, in_reply_to=in_reply_to, references=tuple(r for r in refs if r),
+        auto_submitted=AUTO_SUBMITTED[send.kind], date=job.date,
         reply_to=plus_address(hd.address, ticket.id, ticket.token) if hd.plus_addressing else "",
     )
 

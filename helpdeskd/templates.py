@@ -45,11 +45,24 @@ class Templates:
         # Every file is read once, here: the running templates are a snapshot, so an edit on disk
         # (even a broken one) changes nothing until a reload has validated it.
         self._sources, self._unreadable = _snapshot(directory)
+        self._environments()
+
+    def _environments(self) -> None:
         loader = jinja2.DictLoader(self._sources)
         common = dict(loader=loader, undefined=jinja2.StrictUndefined, auto_reload=False, keep_trailing_newline=True)
         self._plain = jinja2.Environment(autoescape=False, **common)
         self._html = jinja2.Environment(autoescape=True, **common)
         self._found: dict[tuple[str, str, str, str | None], jinja2.Template | None] = {}  # the snapshot never changes
+
+    def __getstate__(self) -> dict:
+        """Pickled as its snapshot (the helper process renders with exactly these templates)."""
+        return {"directory": self.directory, "default_language": self.default_language,
+                "sources": self._sources, "unreadable": self._unreadable}
+
+    def __setstate__(self, state: dict) -> None:
+        self.directory, self.default_language = state["directory"], state["default_language"]
+        self._sources, self._unreadable = state["sources"], state["unreadable"]
+        self._environments()
 
     def _chain(self, name: str, part: str, lang: str, queue: str | None) -> list[str]:
         paths: list[str] = []

@@ -13,11 +13,12 @@ from helpdeskd.decide import strip_imitations
 from helpdeskd.gateway import poll_pop3
 from helpdeskd.identity import code_candidates
 from helpdeskd.lang import guessed_language
+from helpdeskd.message import Inbound
 from helpdeskd.parse import parse
 from helpdeskd.settings import Limits
 
 from conftest import mail
-from test_pop3 import Box, answers, many, services, tickets
+from test_pop3 import Box, answers, many, services, tickets, with_helper
 
 SPANISH = mail(subject="No puedo enviar correo", body="Hola, desde ayer no puedo enviar correo. Mi código es ABCD-EFGH.",
                message_id="<es1@cliente.es>")
@@ -84,7 +85,7 @@ def test_pop3_files_the_same_with_or_without_the_helper(dovecot, tmp_path, helpe
     box = Box(dovecot, tmp_path)
     box.put(*many(12), SPANISH)
     svc = services(tmp_path, box.entry(batch=4))
-    svc.config = _with_helper(svc.config, helper_process)
+    svc.config = with_helper(svc.config, helper_process)
     result = poll_pop3(svc.config.mailboxes[0], svc)
     assert result.error is None and result.counts == {"new": 13} and box.left == 0
     assert len(tickets(svc)) == 13 and len(answers(svc)) == 13
@@ -117,7 +118,88 @@ def test_pop3_files_everything_when_the_helper_dies_mid_session(dovecot, tmp_pat
     assert len(calls) == 5 and helper._pool is not None  # a new helper took over
 
 
-def _with_helper(config, on: bool):
+
+# ----------------------------------------------------------------------------- composing
+
+
+def _jobs(svc) -> list:
+    """The mail filing one new ticket asks for (acknowledgment and staff notice), collected."""
+    from helpdeskd.cycle import file_safely
+    from helpdeskd.mailout import collecting
+
+    jobs: list = []
+    with collecting(jobs):
+        outcome = file_safely(Inbound("t", "1", SPANISH), svc)
+    assert outcome.action == "new" and svc.outbox.state_of(jobs[0].out_id) is None  # not queued yet
+    return jobs
+
+
+def test_the_helper_composes_the_same_bytes_as_the_daemon(svc):
+    from helpdeskd.mailout import compose_job
+
+    jobs = _jobs(svc)
+    assert [job.send.template for job in jobs] == ["ack_new", "staff_new"]
+    future = helper.compose_ahead(svc.config, svc.templates, jobs)
+    assert future is not None
+    assert helper.composed(future, svc.config, svc.templates, jobs) == [
+        compose_job(svc.config, svc.templates, job) for job in jobs]
+
+
+def test_collected_mail_is_queued_and_recorded_once_finished(svc):
+    from helpdeskd.mailout import finish_job
+
+    jobs = _jobs(svc)
+    for job, answer in zip(jobs, helper.composed(None, svc.config, svc.templates, jobs)):
+        assert finish_job(svc, job, answer) == 1
+    assert sorted(e.envelope["template"] for e in svc.outbox.entries()) == ["ack_new", "staff_new"]
+    events = [e for e in svc.store.events(jobs[0].ticket.id) if e["type"] == "reply_queued"]
+    assert [e["ref"] for e in events] == [job.out_id for job in jobs]
+
+
+def test_a_mail_that_cannot_be_written_is_noted_on_the_ticket(svc):
     from dataclasses import replace
 
-    return replace(config, mail_gateway=replace(config.mail_gateway, helper_process=on))
+    from helpdeskd.mailout import Unsendable, finish_job
+
+    [ack, staff] = _jobs(svc)
+    bad = replace(ack, person=replace(ack.person, addr="ana@cliente.es\r\nBcc: x@evil.example"))
+    [answer] = helper.compose_batch(svc.config, svc.templates, [bad])
+    assert isinstance(answer, Unsendable)
+    assert finish_job(svc, bad, answer) == 0 and list(svc.outbox.entries()) == []
+    [note] = [e for e in svc.store.events(ack.ticket.id) if e["type"] == "note"]
+    assert "ack_new not sent to" in note["text"]
+
+
+def test_a_template_failing_at_run_time_becomes_a_failure_to_report(svc, monkeypatch):
+    from helpdeskd.errors import ConfigError
+
+    jobs = _jobs(svc)
+
+    def render(name, lang, queue, context):
+        raise ConfigError(["template 'ack_new' (es): boom"])
+
+    monkeypatch.setattr(svc.templates, "render", render)
+    answers = helper.compose_batch(svc.config, svc.templates, jobs)
+    assert all(isinstance(a, helper.Failed) and "boom" in a.error for a in answers)
+
+
+@pop3
+def test_pop3_quarantines_a_message_whose_mail_failed_and_queues_the_rest(dovecot, tmp_path, monkeypatch):
+    from helpdeskd import gateway
+
+    real = helper.composed
+
+    def composed(future, config, templates, jobs):
+        answers = real(future, config, templates, jobs)
+        return [helper.Failed("ConfigError: boom") if job.ticket.subject == "Consulta 2" and job.send.template == "ack_new"
+                else answer for job, answer in zip(jobs, answers)]
+
+    monkeypatch.setattr(gateway.helper, "composed", composed)
+    box = Box(dovecot, tmp_path)
+    box.put(*many(6))
+    svc = services(tmp_path, box.entry(batch=4))
+    result = poll_pop3(svc.config.mailboxes[0], svc)
+    assert result.error is None and result.counts == {"new": 6} and box.left == 0
+    assert len(tickets(svc)) == 6 and len(answers(svc)) == 5  # the staff notice of "Consulta 2" went out
+    [held] = list(svc.quarantine.items())
+    assert "composing ack_new for ticket #3: ConfigError: boom" in held.reason

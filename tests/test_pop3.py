@@ -106,17 +106,23 @@ def test_files_every_message_once_then_deletes_them(dovecot, tmp_path):
     assert (tmp_path / "state" / "ledger" / "support").read_text() == ""  # pruned: the server forgot them
 
 
-def test_a_batch_is_deleted_only_after_its_commit_and_a_failed_commit_keeps_it(dovecot, tmp_path, monkeypatch):
+@pytest.mark.parametrize("helper_process", [False, True])
+def test_a_batch_is_deleted_only_after_its_commit_and_a_failed_commit_keeps_it(dovecot, tmp_path, monkeypatch,
+                                                                                 helper_process):
     from helpdeskd.store import fsutil
 
     box = Box(dovecot, tmp_path)
     box.put(*many(9))
     svc = services(tmp_path, box.entry(batch=3))
+    svc.config = with_helper(svc.config, helper_process)
     real_syncfs, calls = fsutil._SYNCFS, []
+    # With the helper, a batch's mail is queued while the next batch is filed, so the commit that
+    # completes a batch is the one after its own filing.
+    failing = 3 if helper_process else 2
 
     def syncfs(fd):
         calls.append(fd)
-        if len(calls) == 2:  # the second batch's writeback fails
+        if len(calls) == failing:  # the writeback that would complete the second batch fails
             ctypes.set_errno(5)
             return -1
         return real_syncfs(fd)
@@ -138,6 +144,13 @@ def test_a_batch_is_deleted_only_after_its_commit_and_a_failed_commit_keeps_it(d
     # what was filed before the failure is found filed: no second ticket or answer
     assert after.error is None and after.counts == {"deleted_known": 3, "duplicate": 6}
     assert len(tickets(restarted)) == 9 and len(answers(restarted)) == 9 and box.left == 0
+
+
+def with_helper(config, on: bool):
+    """``config`` with the helper process switched on or off."""
+    from dataclasses import replace
+
+    return replace(config, mail_gateway=replace(config.mail_gateway, helper_process=on))
 
 
 def test_with_file_by_file_fsync_a_batch_is_committed_under_the_write_lock(dovecot, tmp_path, monkeypatch):
@@ -163,7 +176,9 @@ def test_with_file_by_file_fsync_a_batch_is_committed_under_the_write_lock(dovec
     monkeypatch.setattr(fsutil.Syncer, "commit", commit)
     result = poll_pop3(svc.config.mailboxes[0], svc)
     assert result.error is None and result.counts == {"new": 6} and box.left == 0
-    assert held == [True, True]  # nobody could write between a batch and its fsyncs
+    # nobody could write between a batch and its fsyncs: two batches, then the mail of the last one
+    # (with the helper, a batch's mail is queued after it)
+    assert held == [True, True, True]
 
 
 def test_a_storage_error_while_filing_is_a_poll_error_not_a_crash(dovecot, tmp_path, monkeypatch):
