@@ -304,7 +304,8 @@ def _queue_mail(pending: list[_Filed], current: _Filed, now: bool, svc: Services
             _finish(pending[0], svc)
             done.extend(pending.pop(0).entries)
         if current.jobs and not now:
-            current.composing = helper.compose_ahead(svc.config, svc.templates, [job for job, _ in current.jobs])
+            current.composing = helper.compose_ahead(svc.config, svc.templates, [job for job, _ in current.jobs],
+                                                     write=svc.store.sync.commits_may_overlap)
             pending.append(current)
         else:
             _finish(current, svc)
@@ -317,16 +318,21 @@ def _queue_mail(pending: list[_Filed], current: _Filed, now: bool, svc: Services
 
 
 def _finish(filed: _Filed, svc: Services) -> None:
-    """Queue what the helper composed for ``filed`` (composed here if it could not)."""
+    """Queue (or record as queued) what the helper composed for ``filed`` (composed here if it could not)."""
     jobs = [job for job, _ in filed.jobs]
     answers = helper.composed(filed.composing, svc.config, svc.templates, jobs)
+    unwritten = None
     with svc.store.unit():
         for (job, inbound), answer in zip(filed.jobs, answers):
             if isinstance(answer, helper.Failed):  # as inline, where it would have quarantined the message
                 log.error("mail_not_composed", ticket=job.ticket.id, template=job.send.template, error=answer.error)
                 quarantine(inbound, svc, f"composing {job.send.template} for ticket #{job.ticket.id}: {answer.error}")
+            elif isinstance(answer, helper.Unwritten):
+                unwritten = answer.error
             else:
-                finish_job(svc, job, answer)
+                finish_job(svc, job, answer, counted=True)
+    if unwritten is not None:  # the batch stays upstream; filed again, its mail is queued then
+        raise TransientError(f"storage failed: {unwritten}")
 
 
 def _commit(filed: list[tuple[Listed, str]], touched: Touched, svc: Services, ledger: Ledger) -> list[int]:

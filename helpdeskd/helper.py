@@ -27,10 +27,12 @@ from .decide import strip_imitations
 from .identity import code_candidates
 from .lang import guessed_language
 from .logs import get
-from .mailout import MailJob, Unsendable, compose_job
+from .mailout import MailJob, Queued, Unsendable, compose_job, write_job
 from .message import Message
 from .parse import parse
 from .settings import Config, Limits
+from .store.fsutil import Syncer
+from .store.outbox import Outbox
 from .templates import Templates
 
 log = get("helper")
@@ -73,26 +75,41 @@ class Failed:
     error: str
 
 
-Composed = bytes | Unsendable | Failed
+@dataclass(frozen=True)
+class Unwritten:
+    """Writing a composed mail to the outbox failed (disk full, I/O error): the batch must wait."""
+
+    error: str
 
 
-def compose_batch(config: Config, templates: Templates, jobs: list[MailJob]) -> list[Composed]:
-    """:func:`~helpdeskd.mailout.compose_job` for each job; an exception becomes :class:`Failed`."""
+Composed = bytes | Queued | Unsendable | Failed | Unwritten
+
+
+def compose_batch(config: Config, templates: Templates, jobs: list[MailJob],
+                  outbox: Outbox | None = None) -> list[Composed]:
+    """:func:`~helpdeskd.mailout.compose_job` for each job — or, given ``outbox``,
+    :func:`~helpdeskd.mailout.write_job`; an exception becomes :class:`Failed` or :class:`Unwritten`."""
     out: list[Composed] = []
     for job in jobs:
         try:
-            out.append(compose_job(config, templates, job))
+            out.append(compose_job(config, templates, job) if outbox is None else
+                       write_job(config, templates, outbox, job))
+        except OSError as exc:
+            out.append(Unwritten(str(exc)))
         except Exception as exc:  # noqa: BLE001 - one job's failure, reported by the filing thread
             out.append(Failed(f"{type(exc).__name__}: {exc}"))
     return out
 
 
 _snapshots: dict[tuple[int, int], tuple[Config, Templates, str, bytes]] = {}  # main side, by identity
-_current: tuple[str, Config, Templates] | None = None  # helper side: the last snapshot unpickled
+_current: tuple[str, Config, Templates, Outbox] | None = None  # helper side: the last snapshot unpickled
 
 
-def compose_ahead(config: Config, templates: Templates, jobs: list[MailJob]) -> Future[list[Composed]] | None:
+def compose_ahead(config: Config, templates: Templates, jobs: list[MailJob],
+                  write: bool) -> Future[list[Composed]] | None:
     """Start composing ``jobs`` in the helper; None when no helper can run (compose them inline).
+    ``write``: the helper also puts them in the outbox (without fsync: only for a caller whose next
+    commit makes the whole file system durable, a syncfs group commit).
 
     The configuration and templates travel with every batch as one pickled snapshot (~25 KB,
     made once per reload); the helper unpickles it only when it changed."""
@@ -103,15 +120,16 @@ def compose_ahead(config: Config, templates: Templates, jobs: list[MailJob]) -> 
             blob = pickle.dumps((config, templates), pickle.HIGHEST_PROTOCOL)
             _snapshots[key] = (config, templates, hashlib.sha256(blob).hexdigest(), blob)
         _, _, token, blob = _snapshots[key]
-    return _submit(_compose_in_helper, token, blob, jobs)
+    return _submit(_compose_in_helper, token, blob, jobs, write)
 
 
-def _compose_in_helper(token: str, blob: bytes, jobs: list[MailJob]) -> list[Composed]:
+def _compose_in_helper(token: str, blob: bytes, jobs: list[MailJob], write: bool) -> list[Composed]:
     global _current
     if _current is None or _current[0] != token:
         config, templates = pickle.loads(blob)
-        _current = (token, config, templates)
-    return compose_batch(_current[1], _current[2], jobs)
+        _current = (token, config, templates, Outbox(config.helpdesk.state_dir, Syncer(enabled=False)))
+    _, config, templates, outbox = _current
+    return compose_batch(config, templates, jobs, outbox if write else None)
 
 
 def composed(future: Future[list[Composed]] | None, config: Config, templates: Templates,

@@ -5,9 +5,11 @@ Outbox ids derive from the occasion's key, the template and the recipient, so do
 twice — after a crash — queues nothing twice, and each queued mail is recorded once in the history.
 
 Each mail is a :class:`MailJob` (plain values): :func:`compose_job` renders and composes it without
-touching the store, :func:`finish_job` queues the result. Both run one after the other, unless the
-caller collects the jobs (:func:`collecting`) to have them composed elsewhere — the POP3 gateway's
-helper process — and finishes them later, before its batch counts as filed.
+touching the store, :func:`finish_job` queues the result and records it. Both run one after the
+other, unless the caller collects the jobs (:func:`collecting`) to have them composed — and, with
+:func:`write_job`, put in the outbox — elsewhere (the POP3 gateway's helper process), and finishes
+them later, before its batch counts as filed. A collected job is counted for the rate limits when
+it is collected, so a crash before it is finished over-counts, never under-counts.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from .matching import make_message_id, plus_address, render_tag, tagged_ids
 from .outmail import Rendered, compose
 from .services import Services, event_once
 from .settings import Config
+from .store.outbox import Outbox
 from .templates import Templates, context_for, refusal_context
 from .ticket import Ticket
 
@@ -94,6 +97,13 @@ class Unsendable:
     reason: str
 
 
+@dataclass(frozen=True)
+class Queued:
+    """A mail :func:`write_job` put in the outbox (``created`` False: it was there already)."""
+
+    created: bool
+
+
 _collector = threading.local()
 
 
@@ -128,6 +138,7 @@ def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occ
         return 0
     collected = getattr(_collector, "jobs", None)
     if collected is not None:
+        before_enqueue(svc, person.addr, out_id, send.kind)
         collected.append(job)
         return 1
     return finish_job(svc, job, compose_job(svc.config, svc.templates, job))
@@ -146,20 +157,37 @@ def compose_job(config: Config, templates: Templates, job: MailJob) -> bytes | U
         return Unsendable(str(exc))
 
 
-def finish_job(svc: Services, job: MailJob, result: bytes | Unsendable) -> int:
-    """Queue a composed mail (or note on the ticket why it could not be written); 1 if queued now."""
+def write_job(config: Config, templates: Templates, outbox: Outbox, job: MailJob) -> Queued | Unsendable:
+    """:func:`compose_job`, then into ``outbox/new`` (the caller has checked it is not queued yet)."""
+    result = compose_job(config, templates, job)
+    if isinstance(result, Unsendable):
+        return result
+    return Queued(outbox.put_new(job.out_id, _envelope(config, job), result))
+
+
+def finish_job(svc: Services, job: MailJob, result: bytes | Queued | Unsendable, *, counted: bool = False) -> int:
+    """Queue a composed mail (unless ``result`` says it is queued already) and record it in the
+    ticket's history, or note there why it could not be written; 1 if queued now. ``counted``: the
+    job was counted for the rate limits when it was collected."""
     ticket, send, person = job.ticket, job.send, job.person
     if isinstance(result, Unsendable):
         event_once(svc, ticket.id, {"type": "note", "ref": f"unsendable:{job.out_id}", "by": "helpdeskd",
                                     "text": f"{send.template} not sent to {person.addr}: {result.reason}"})
         return 0
-    hd = svc.config.helpdesk
-    envelope = {"from": hd.address if send.kind == "relay" else "", "to": [person.addr], "ticket": ticket.id,
-                "template": send.template, "kind": send.kind, "message_id": job.message_id}
-    before_enqueue(svc, person.addr, job.out_id, send.kind)
-    queued = int(svc.outbox.put_new(job.out_id, envelope, result))
+    if isinstance(result, Queued):
+        queued = result.created
+    else:
+        if not counted:
+            before_enqueue(svc, person.addr, job.out_id, send.kind)
+        queued = svc.outbox.put_new(job.out_id, _envelope(svc.config, job), result)
     _record_queued(svc, job)
-    return queued
+    return int(queued)
+
+
+def _envelope(config: Config, job: MailJob) -> dict:
+    send = job.send
+    return {"from": config.helpdesk.address if send.kind == "relay" else "", "to": [job.person.addr],
+            "ticket": job.ticket.id, "template": send.template, "kind": send.kind, "message_id": job.message_id}
 
 
 def _record_queued(svc: Services, job: MailJob) -> None:

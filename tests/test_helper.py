@@ -139,10 +139,28 @@ def test_the_helper_composes_the_same_bytes_as_the_daemon(svc):
 
     jobs = _jobs(svc)
     assert [job.send.template for job in jobs] == ["ack_new", "staff_new"]
-    future = helper.compose_ahead(svc.config, svc.templates, jobs)
+    future = helper.compose_ahead(svc.config, svc.templates, jobs, write=False)
     assert future is not None
     assert helper.composed(future, svc.config, svc.templates, jobs) == [
         compose_job(svc.config, svc.templates, job) for job in jobs]
+
+
+def test_the_helper_can_also_put_the_mail_in_the_outbox(svc):
+    from helpdeskd.mailout import Queued, compose_job, finish_job
+
+    jobs = _jobs(svc)
+    expected = [compose_job(svc.config, svc.templates, job) for job in jobs]
+    answers = helper.composed(helper.compose_ahead(svc.config, svc.templates, jobs, write=True),
+                              svc.config, svc.templates, jobs)
+    assert answers == [Queued(True), Queued(True)]
+    assert [svc.outbox.state_of(job.out_id) for job in jobs] == ["new", "new"]
+    entries = {e.id: e for e in svc.outbox.entries()}
+    assert [entries[job.out_id].data for job in jobs] == expected
+    assert entries[jobs[0].out_id].envelope["template"] == "ack_new"
+    for job, answer in zip(jobs, answers):  # the daemon records them
+        assert finish_job(svc, job, answer, counted=True) == 1
+    assert len(list(svc.outbox.entries())) == 2
+    assert len([e for e in svc.store.events(jobs[0].ticket.id) if e["type"] == "reply_queued"]) == 2
 
 
 def test_collected_mail_is_queued_and_recorded_once_finished(svc):
@@ -187,7 +205,10 @@ def test_a_template_failing_at_run_time_becomes_a_failure_to_report(svc, monkeyp
 def test_pop3_quarantines_a_message_whose_mail_failed_and_queues_the_rest(dovecot, tmp_path, monkeypatch):
     from helpdeskd import gateway
 
-    real = helper.composed
+    real, real_ahead = helper.composed, helper.compose_ahead
+
+    def compose_ahead(config, templates, jobs, write):  # bytes back, so one can be made to fail here
+        return real_ahead(config, templates, jobs, write=False)
 
     def composed(future, config, templates, jobs):
         answers = real(future, config, templates, jobs)
@@ -195,6 +216,7 @@ def test_pop3_quarantines_a_message_whose_mail_failed_and_queues_the_rest(doveco
                 else answer for job, answer in zip(jobs, answers)]
 
     monkeypatch.setattr(gateway.helper, "composed", composed)
+    monkeypatch.setattr(gateway.helper, "compose_ahead", compose_ahead)
     box = Box(dovecot, tmp_path)
     box.put(*many(6))
     svc = services(tmp_path, box.entry(batch=4))
@@ -203,3 +225,28 @@ def test_pop3_quarantines_a_message_whose_mail_failed_and_queues_the_rest(doveco
     assert len(tickets(svc)) == 6 and len(answers(svc)) == 5  # the staff notice of "Consulta 2" went out
     [held] = list(svc.quarantine.items())
     assert "composing ack_new for ticket #3: ConfigError: boom" in held.reason
+
+
+@pop3
+def test_pop3_keeps_a_batch_upstream_when_its_mail_could_not_be_written(dovecot, tmp_path, monkeypatch):
+    from helpdeskd import gateway
+
+    real, failing = helper.composed, [True]
+
+    def composed(future, config, templates, jobs):
+        answers = real(future, config, templates, jobs)
+        if failing[0]:  # the first batch's first outbox write met a full disk
+            failing[0] = False
+            (tmp_path / "state" / "outbox" / "new" / f"{jobs[0].out_id}.msg").unlink()
+            return [helper.Unwritten("[Errno 28] No space left on device")] + answers[1:]
+        return answers
+
+    monkeypatch.setattr(gateway.helper, "composed", composed)
+    box = Box(dovecot, tmp_path)
+    box.put(*many(6))
+    svc = services(tmp_path, box.entry(batch=3))
+    failed = poll_pop3(svc.config.mailboxes[0], svc)
+    assert failed.error and "No space left on device" in failed.error and box.left == 6
+    again = poll_pop3(svc.config.mailboxes[0], svc)  # filed again: the missing mail is queued now
+    assert again.error is None and box.left == 0
+    assert len(tickets(svc)) == 6 and len(answers(svc)) == 6
