@@ -90,9 +90,9 @@ class SentLog:
     def _prune(self, parsed: _Parsed, keep_after: float) -> _Parsed:
         if parsed.identity[1] < _PRUNE_BYTES:
             return parsed
+        if 2 * bisect.bisect_left(parsed.times, keep_after) < len(parsed.times):
+            return parsed  # less than half of it is old: counted by bisection, not by a scan per answer
         kept = [line for line in parsed.lines if line[0] >= keep_after]
-        if 2 * len(kept) > len(parsed.lines):
-            return parsed
         atomic_write(self.path, "".join(_format(line) for line in kept).encode(), sync=self.sync)
         fresh = _Parsed()
         for line in kept:
