@@ -36,10 +36,35 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
     assert path.read_bytes() == b"two" and sorted(os.listdir(tmp_path)) == ["f"]
 
 
-def test_create_exclusive_never_overwrites(tmp_path):
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "written aside"])
+def test_create_exclusive_never_overwrites(tmp_path, monkeypatch, unnamed):
+    from helpdeskd.store import fsutil
+
+    linked = []
+    real = fsutil._link_unnamed
+    monkeypatch.setattr(fsutil, "_unnamed", unnamed)
+    monkeypatch.setattr(fsutil, "_link_unnamed", lambda *a: linked.append(a[0]) or real(*a))
     path = tmp_path / "m.eml"
     assert create_exclusive(path, b"first") and not create_exclusive(path, b"second")
     assert path.read_bytes() == b"first" and sorted(os.listdir(tmp_path)) == ["m.eml"]
+    assert oct(path.stat().st_mode & 0o777) == oct(0o640 & ~_umask())
+    assert linked == [str(path)]  # the second call stopped at the existing name
+    assert fsutil._unnamed is unnamed  # this machine (Linux, ext4/tmpfs, /proc) links unnamed files
+
+
+def test_create_exclusive_falls_back_when_proc_is_missing(tmp_path, monkeypatch):
+    from helpdeskd.store import fsutil
+
+    monkeypatch.setattr(fsutil, "_unnamed", True)
+    monkeypatch.setattr(fsutil, "_proc_self_fd", lambda: None)  # e.g. no /proc in a container
+    assert create_exclusive(tmp_path / "a", b"x") and (tmp_path / "a").read_bytes() == b"x"
+    assert sorted(os.listdir(tmp_path)) == ["a"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_ticket_roundtrip_keeps_unknown_fields(tmp_path):
