@@ -1,6 +1,6 @@
 """POP3 intake benchmark: helpdeskd filing a Dovecot mailbox, against bare poplib retrieval of the same.
 
-    .venv/bin/python bench/pop3_intake.py [-n 2000] [--tls plain,pop3s]
+    .venv/bin/python bench/pop3_intake.py [-n 2000] [--tls plain,pop3s] [--one-process]
 
 For each transport it loads N realistic ~4 KB messages (plain text in Spanish and English, every
 fifth with a small attachment) into a fresh Dovecot mailbox and measures, in the same run:
@@ -8,10 +8,11 @@ fifth with a small attachment) into a fresh Dovecot mailbox and measures, in the
   (a) the floor: stdlib poplib, RETR + DELE of every message, then QUIT — nothing that files mail can
       be faster through the same server;
   (b) helpdeskd: ``poll_pop3_fully`` filing the mailbox into durable tickets with acknowledgments queued
-      (default mailbox settings: sessions of 500, batches of 32).
+      (default settings: sessions of 500, batches of 32, the helper process parsing and composing).
 
-Each measurement runs in a child process; its peak RSS (VmHWM) is reported. Needs root and Dovecot
-(``scripts/test`` installs it). Prints a table and the ratio b/a.
+``--one-process`` also measures (b) with ``[mail_gateway] helper_process = false``, in the same run.
+Each measurement runs in a child process; its peak RSS (VmHWM) is reported, and the helper's. Needs
+root and Dovecot (``scripts/test`` installs it). Prints a table and the ratio b/a.
 """
 
 from __future__ import annotations
@@ -101,7 +102,19 @@ def child_helpdeskd(config: str, no_fsync: bool = False, profile: str = "") -> d
         profiler.disable()
         profiler.dump_stats(profile)
     assert result.error is None, result.error
-    return {"messages": sum(result.counts.values()), "seconds": seconds, "counts": result.counts}
+    return {"messages": sum(result.counts.values()), "seconds": seconds, "counts": result.counts,
+            "helper_rss_mb": _helper_rss_mb()}
+
+
+def _helper_rss_mb() -> float:
+    """Peak RSS of the helper process (it parses and composes beside the filing; 0 if none ran)."""
+    from helpdeskd import helper
+
+    pool = helper._pool
+    pids = list(pool._processes) if pool is not None else []
+    peak = sum(_vm_hwm_mb(f"/proc/{pid}/status") for pid in pids)
+    helper.shutdown()
+    return peak
 
 
 def _inline_profiler():
@@ -135,10 +148,15 @@ def _inline_profiler():
 
 def peak_rss_mb() -> float:
     """This process's peak resident memory (VmHWM; ru_maxrss would include the parent's before exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return _vm_hwm_mb("/proc/self/status") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _vm_hwm_mb(status: str) -> float:
+    try:
+        lines = Path(status).read_text().splitlines()
+    except OSError:
+        return 0.0
+    return next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmHWM:")), 0.0)
 
 
 def run_child(*args: str) -> dict:
@@ -151,7 +169,7 @@ def run_child(*args: str) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 
-def write_config(work: Path, server, user: str, protocol: str) -> Path:
+def write_config(work: Path, server, user: str, protocol: str, helper_process: bool = True) -> Path:
     import tomli_w
 
     from conftest import default_config_data
@@ -168,7 +186,8 @@ def write_config(work: Path, server, user: str, protocol: str) -> Path:
     # Every message gets its acknowledgment: the default circuit breaker (300 automatic answers an hour)
     # would stop queueing them after the 300th message and make the run look cheaper than it is.
     data["autoreply"] = {"global_max": 10 * 1000 * 1000}
-    path = work / f"helpdeskd-{protocol}.toml"
+    data["mail_gateway"] = {"helper_process": helper_process}
+    path = work / f"helpdeskd-{protocol}{'' if helper_process else '-one'}.toml"
     path.write_text(tomli_w.dumps(data))
     return path
 
@@ -183,7 +202,8 @@ def load_mailbox(server, maildir: Path, n: int) -> int:
     return sizes // n
 
 
-def measure(server, work: Path, n: int, protocol: str, no_fsync: bool, profile: str = "") -> dict:
+def measure(server, work: Path, n: int, protocol: str, no_fsync: bool, profile: str = "",
+            one_process: bool = False) -> dict:
     from dovecot import PASSWORD
 
     user = f"bench{protocol}"
@@ -200,6 +220,10 @@ def measure(server, work: Path, n: int, protocol: str, no_fsync: bool, profile: 
         shutil.rmtree(work / f"state-{protocol}")
         load_mailbox(server, maildir, n)
         row["what_if_no_fsync"] = run_child("helpdeskd", str(work / f"helpdeskd-{protocol}.toml"), "--no-fsync")
+    if one_process:
+        shutil.rmtree(work / f"state-{protocol}")
+        load_mailbox(server, maildir, n)
+        row["one_process"] = run_child("helpdeskd", str(write_config(work, server, user, protocol, False)))
     return row
 
 
@@ -211,6 +235,8 @@ def main() -> None:
                         help="also run (b) with os.fsync disabled: the CPU ceiling a group commit could approach")
     parser.add_argument("--profile", default="", metavar="PREFIX",
                         help="also write a cProfile of (b) to PREFIX-<transport>.pstats (filing inline, not overlapped)")
+    parser.add_argument("--one-process", action="store_true",
+                        help="also run (b) without the helper process ([mail_gateway] helper_process = false)")
     args = parser.parse_args()
     from dovecot import Dovecot, make_pki
 
@@ -218,20 +244,27 @@ def main() -> None:
     base.chmod(0o755)
     server = Dovecot(base, make_pki(base)).start()
     try:
-        rows = [measure(server, base, args.n, protocol, args.what_if_no_fsync, args.profile) for protocol in args.tls.split(",")]
+        rows = [measure(server, base, args.n, protocol, args.what_if_no_fsync, args.profile, args.one_process)
+                for protocol in args.tls.split(",")]
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
-    print(f"N={args.n}  (peak RSS of the measuring child process)")
-    print(f"{'transport':10} {'floor msg/s':>12} {'helpdeskd msg/s':>16} {'b/a':>6} {'floor RSS':>10} {'ours RSS':>10}")
+    print(f"N={args.n}  (peak RSS of the measuring child process, and of helpdeskd's helper process)")
+    print(f"{'transport':10} {'floor msg/s':>12} {'helpdeskd msg/s':>16} {'b/a':>6} {'floor RSS':>10} {'ours RSS':>10}"
+          f" {'helper RSS':>11}")
     for r in rows:
         fa, fb = r["floor"], r["helpdeskd"]
         a, b = fa["messages"] / fa["seconds"], fb["messages"] / fb["seconds"]
-        print(f"{r['protocol']:10} {a:12.0f} {b:16.1f} {b / a:6.3f} {fa['rss_mb']:8.1f}MB {fb['rss_mb']:8.1f}MB")
+        print(f"{r['protocol']:10} {a:12.0f} {b:16.1f} {b / a:6.3f} {fa['rss_mb']:8.1f}MB {fb['rss_mb']:8.1f}MB"
+              f" {fb['helper_rss_mb']:9.1f}MB")
         if "what_if_no_fsync" in r:
             w = r["what_if_no_fsync"]
             c = w["messages"] / w["seconds"]
             print(f"{'  no fsync':10} {'':12} {c:16.1f} {c / a:6.3f} {'':10} {w['rss_mb']:8.1f}MB")
+        if "one_process" in r:
+            w = r["one_process"]
+            c = w["messages"] / w["seconds"]
+            print(f"{'  1 process':10} {'':12} {c:16.1f} {c / a:6.3f} {'':10} {w['rss_mb']:8.1f}MB")
     print(json.dumps(rows))
 
 
