@@ -262,7 +262,7 @@ def _file_locked(batch: _Batch | None, mailbox: Mailbox, svc: Services, ledger: 
             except BaseException:
                 touched.close()  # a bug: nothing of this batch will be committed or deleted
                 raise
-            failure = _queue_mail(pending, current, batch is None or failure is not None, svc, result, done) or failure
+            failure = _queue_mail(pending, current, batch is None or failure is not None, svc, done) or failure
         if not sync.commits_may_overlap:
             try:
                 sync.commit(touched)
@@ -294,7 +294,7 @@ def _file_each(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, r
             current.entries.append((item, upstream_id))
 
 
-def _queue_mail(pending: list[_Filed], current: _Filed, now: bool, svc: Services, result: Pop3Result,
+def _queue_mail(pending: list[_Filed], current: _Filed, now: bool, svc: Services,
                 done: list[tuple[Listed, str]]) -> TransientError | None:
     """Queue the mail of the batch filed before (the helper composed it meanwhile), then hand this
     batch's to the helper — or, ``now`` (last batch, or an error), compose and queue it here too.

@@ -15,6 +15,7 @@ looks up the ones a message quotes and hands them in, so :func:`status_decision`
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import secrets
@@ -49,7 +50,13 @@ def fold_words(text: str) -> str:
 
 def is_status_request(subject: str, keywords: tuple[str, ...]) -> bool:
     folded = fold_words(subject)
-    return any(fold_words(k) in folded for k in keywords)
+    return any(k in folded for k in _folded(keywords))
+
+
+@functools.lru_cache(maxsize=8)
+def _folded(keywords: tuple[str, ...]) -> tuple[str, ...]:
+    """The configured keywords, folded once (they are compared with every incoming subject)."""
+    return tuple(fold_words(k) for k in keywords)
 
 
 def new_code() -> str:
