@@ -21,7 +21,8 @@ from .commands import read_commands
 from .decide import View, decide, recipients_of_interest, strip_imitations, wanted_ticket_ids
 from .errors import TransientError
 from .identity import code_candidates, code_key
-from .mailout import Occasion, queue_refusal, queue_sends, recent_autoreplies
+from .mailjob import Occasion
+from .mailout import queue_refusal, queue_sends, recent_autoreplies
 from .message import Inbound, Message
 from .parse import parse
 from .quotes import new_text

@@ -45,7 +45,8 @@ from .intake import PollResult, log_outcome
 from .lang import choose_language
 from .logs import get
 from .loops import no_autoreply_reason, rate_limit_reason
-from .mailout import MailJob, Occasion, collecting, finish_job, queue_refusal, recent_autoreplies
+from .mailjob import MailJob, Occasion, Queued
+from .mailout import collecting, finish_job, queue_refusal, recent_autoreplies
 from .message import Inbound, Message
 from .parse import parse
 from .settings import LANGUAGES, Mailbox, Pop3
@@ -253,16 +254,17 @@ def _file_locked(batch: _Batch | None, mailbox: Mailbox, svc: Services, ledger: 
     with svc.write_lock():
         with sync.collect() as touched:
             try:
-                if batch is not None:
-                    _file_each(batch, mailbox, svc, ledger, result, current)
-            except TransientError as exc:
-                failure = exc
-            except OSError as exc:
-                failure = TransientError(f"storage failed: {exc}")
+                try:
+                    if batch is not None:
+                        _file_each(batch, mailbox, svc, ledger, result, current)
+                except TransientError as exc:
+                    failure = exc
+                except OSError as exc:
+                    failure = TransientError(f"storage failed: {exc}")
+                failure = _queue_mail(pending, current, batch is None or failure is not None, svc, done) or failure
             except BaseException:
                 touched.close()  # a bug: nothing of this batch will be committed or deleted
                 raise
-            failure = _queue_mail(pending, current, batch is None or failure is not None, svc, done) or failure
         if not sync.commits_may_overlap:
             try:
                 sync.commit(touched)
@@ -300,9 +302,9 @@ def _queue_mail(pending: list[_Filed], current: _Filed, now: bool, svc: Services
     batch's to the helper — or, ``now`` (last batch, or an error), compose and queue it here too.
     ``done`` gets the messages whose mail is queued; returns the failure that stopped it, if any."""
     try:
-        while pending:
+        if pending:  # (one batch at most)
             _finish(pending[0], svc)
-            done.extend(pending.pop(0).entries)
+            done.extend(pending.pop().entries)
         if current.jobs and not now:
             current.composing = helper.compose_ahead(svc.config, svc.templates, [job for job, _ in current.jobs],
                                                      write=svc.store.sync.commits_may_overlap)
@@ -330,6 +332,8 @@ def _finish(filed: _Filed, svc: Services) -> None:
             elif isinstance(answer, helper.Unwritten):
                 unwritten = answer.error
             else:
+                if isinstance(answer, Queued) and answer.created:  # by the helper: this commit covers it
+                    svc.store.sync.written_elsewhere(svc.outbox.path(job.out_id, "new"))
                 finish_job(svc, job, answer, counted=True)
     if unwritten is not None:  # the batch stays upstream; filed again, its mail is queued then
         raise TransientError(f"storage failed: {unwritten}")

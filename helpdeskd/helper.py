@@ -1,25 +1,31 @@
-"""A helper process for the pure work around filing: parsing mail, and composing the mail we send.
+"""A helper process for the work around filing that needs no store: parsing mail, composing answers.
 
-Python runs one thread at a time, and these two are about two fifths of what filing a message costs;
-in a process of their own they run on another core. The POP3 pipeline hands each batch to
+Python runs one thread at a time, and these two are about half of what filing a message costs; in a
+process of their own they run on another core. The POP3 pipeline hands each batch to
 :func:`parse_ahead` as soon as it is retrieved and takes the parsed messages back when it files that
-batch; the mail that filing asks for (:class:`~helpdeskd.mailout.MailJob`) goes to
-:func:`compose_ahead` and is queued, by the filing thread, while the next batch is filed.
+batch; the mail that filing asks for (:class:`~helpdeskd.mailjob.MailJob`) goes to
+:func:`compose_ahead` and is queued by the filing thread while the next batch is filed — with syncfs
+group commits, the helper also writes it into ``outbox/new`` (each file appears whole, or not at all;
+the daemon's next commit makes it durable).
 
-The helper only ever computes; it writes nothing and decides nothing, so losing it loses nothing:
-when it cannot start or dies, the batch is parsed in the filing thread as before (one warning per
-failure) and the next batch tries a new helper. It is a child of a ``forkserver`` (a clean,
-single-threaded process started once), never a fork of the daemon's threads, and it exits with the
-daemon (its request pipe closes).
+The helper decides nothing and touches nothing but those outbox files, so losing it loses nothing:
+when it cannot start, dies or hangs (no answer within ``ANSWER_SECONDS``), the work is done in the
+daemon as before (one warning) and the next batch starts a new helper. It is a child of a
+``forkserver`` (a clean, single-threaded process started once), never a fork of the daemon's
+threads, and it exits as soon as the daemon does, even when the daemon was killed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 import pickle
+import select
 import threading
-from concurrent.futures import Future, ProcessPoolExecutor
+import time
+from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
@@ -27,7 +33,7 @@ from .decide import strip_imitations
 from .identity import code_candidates
 from .lang import guessed_language
 from .logs import get
-from .mailout import MailJob, Queued, Unsendable, compose_job, write_job
+from .mailjob import MailJob, Queued, Unsendable, compose_job, write_job
 from .message import Message
 from .parse import parse
 from .settings import Config, Limits
@@ -36,6 +42,7 @@ from .store.outbox import Outbox
 from .templates import Templates
 
 log = get("helper")
+ANSWER_SECONDS = 120.0  # a batch is at most 8 MiB of mail: seconds of work, not minutes
 
 _lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
@@ -144,7 +151,8 @@ def _submit(function, *args) -> Future | None:
     with _lock:
         try:
             if _pool is None:
-                _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"))
+                _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"),
+                                            initializer=_exit_with, initargs=(os.getpid(),))
             future = _pool.submit(function, *args)
         except (BrokenProcessPool, OSError, RuntimeError) as exc:
             _forget(exc, _pool)
@@ -154,16 +162,45 @@ def _submit(function, *args) -> Future | None:
 
 
 def _answer(future: Future | None) -> list | None:
-    """A future's result; None when there is no future or the helper failed (killed, OOM, or
-    anything else: the caller then does the same work itself, where a real error shows as usual)."""
+    """A future's result; None when there is no future or the helper failed (killed, OOM, hung):
+    the caller then does the same work itself."""
     if future is None:
         return None
     try:
-        return future.result()
-    except Exception as exc:  # noqa: BLE001 - see above: the work is redone in this process
+        return future.result(timeout=ANSWER_SECONDS)
+    except (BrokenProcessPool, OSError, EOFError, pickle.PickleError, CancelledError, FutureTimeout) as exc:
         with _lock:
             _forget(exc, future.pool)  # type: ignore[attr-defined]
         return None
+
+
+def _exit_with(daemon: int) -> None:
+    """In the helper: exit as soon as the daemon process ``daemon`` has (even killed with -9, which
+    leaves the helper's pipes open: their other copies live in the forkserver)."""
+    try:
+        watched: int | None = os.pidfd_open(daemon)  # readable once the process has exited (Linux 5.3)
+    except (AttributeError, OSError):
+        watched = None
+
+    def watch() -> None:
+        if watched is not None:
+            select.select([watched], [], [])
+        else:
+            while _alive(daemon):
+                time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-daemon", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _forget(exc: BaseException, pool: ProcessPoolExecutor | None) -> None:
@@ -173,6 +210,8 @@ def _forget(exc: BaseException, pool: ProcessPoolExecutor | None) -> None:
     log.warning("helper_unavailable", error=f"{type(exc).__name__}: {exc}", fallback="the work is done in the daemon")
     if pool is not None and pool is _pool:
         _pool = None
+        for process in list((pool._processes or {}).values()):  # a hung helper would never take the hint
+            process.kill()
         pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -4,12 +4,12 @@ Used by the cycle (mail that came in) and by ``helpdeskctl`` (answers typed at t
 Outbox ids derive from the occasion's key, the template and the recipient, so doing the same work
 twice — after a crash — queues nothing twice, and each queued mail is recorded once in the history.
 
-Each mail is a :class:`MailJob` (plain values): :func:`compose_job` renders and composes it without
-touching the store, :func:`finish_job` queues the result and records it. Both run one after the
-other, unless the caller collects the jobs (:func:`collecting`) to have them composed — and, with
-:func:`write_job`, put in the outbox — elsewhere (the POP3 gateway's helper process), and finishes
-them later, before its batch counts as filed. A collected job is counted for the rate limits when
-it is collected, so a crash before it is finished over-counts, never under-counts.
+Each mail is a :class:`~helpdeskd.mailjob.MailJob` (plain values, see :mod:`helpdeskd.mailjob`):
+composed, then queued and recorded by :func:`finish_job`, one after the other — unless the caller
+collects the jobs (:func:`collecting`) to have them composed, and perhaps put in the outbox,
+elsewhere (the POP3 gateway's helper process), and finishes them later, before its batch counts as
+filed. A collected job is counted for the rate limits when it is collected: a crash before it is
+finished, or a mail that turns out unwritable, over-counts by one, never under-counts.
 """
 
 from __future__ import annotations
@@ -18,41 +18,14 @@ import hashlib
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
-from datetime import datetime
 
 from .actions import PARTICIPANTS, REQUESTER, SENDER, STAFF, Send
-from .matching import make_message_id, plus_address, render_tag, tagged_ids
-from .outmail import Rendered, compose
+from .mailjob import MailJob, Occasion, Queued, Recipient, Unsendable, compose_job, envelope
+from .matching import make_message_id
+from .outmail import compose
 from .services import Services, event_once
-from .settings import Config
-from .store.outbox import Outbox
-from .templates import Templates, context_for, refusal_context
+from .templates import refusal_context
 from .ticket import Ticket
-
-AUTO_SUBMITTED = {"auto-reply": "auto-replied", "notification": "auto-generated", "relay": "no"}
-
-
-@dataclass(frozen=True)
-class Occasion:
-    """Why mail goes out, and what its templates may show about it."""
-
-    key: str  # idempotency base: the inbound message key, or an operation id
-    sender: str = ""  # who caused it ("" for the helpdesk itself)
-    sender_name: str = ""
-    language: str = "en"  # the sender's language
-    message: dict = field(default_factory=dict)  # template variable: from, from_name, subject, text, role
-    in_reply_to: str = ""  # the inbound Message-ID answered (auto-replies thread under it)
-    references: tuple[str, ...] = ()
-    extra: dict = field(default_factory=dict)  # more template variables: reason, errors
-
-
-@dataclass(frozen=True)
-class Recipient:
-    addr: str
-    name: str
-    language: str
-
 
 def recipients(send: Send, ticket: Ticket, occasion: Occasion, svc: Services) -> list[Recipient]:
     """The addresses a Send goes to, each with the language to write in; never the sender themself
@@ -75,33 +48,6 @@ def recipients(send: Send, ticket: Ticket, occasion: Occasion, svc: Services) ->
         if person.addr and person.addr != occasion.sender:
             unique.setdefault(person.addr, person)
     return list(unique.values())
-
-
-@dataclass(frozen=True)
-class MailJob:
-    """One mail to queue, with everything its rendering and composition need."""
-
-    out_id: str  # outbox id: derived from the occasion, the template and the recipient
-    message_id: str
-    ticket: Ticket  # as it was when the mail was asked for
-    send: Send
-    person: Recipient
-    occasion: Occasion
-    date: datetime
-
-
-@dataclass(frozen=True)
-class Unsendable:
-    """A mail that cannot be written (an address or header value no message may carry)."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class Queued:
-    """A mail :func:`write_job` put in the outbox (``created`` False: it was there already)."""
-
-    created: bool
 
 
 _collector = threading.local()
@@ -138,31 +84,12 @@ def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occ
         return 0
     collected = getattr(_collector, "jobs", None)
     if collected is not None:
+        if any(other.out_id == out_id for other in collected):
+            return 0  # asked for already (another copy of the same message): queued once
         before_enqueue(svc, person.addr, out_id, send.kind)
         collected.append(job)
         return 1
     return finish_job(svc, job, compose_job(svc.config, svc.templates, job))
-
-
-def compose_job(config: Config, templates: Templates, job: MailJob) -> bytes | Unsendable:
-    """The mail's bytes, or why it cannot be written. Touches no store; a broken template raises
-    ConfigError (as rendering does everywhere)."""
-    ticket, person = job.ticket, job.person
-    context = context_for(ticket, config, person.language, message=job.occasion.message, **job.occasion.extra)
-    rendered = _with_tag(templates.render(job.send.template, person.language, ticket.queue, context),
-                         config.helpdesk.subject_tag, ticket.id)
-    try:
-        return _compose(config, rendered, job)
-    except (ValueError, UnicodeError) as exc:  # one unwritable address must not stop the others
-        return Unsendable(str(exc))
-
-
-def write_job(config: Config, templates: Templates, outbox: Outbox, job: MailJob) -> Queued | Unsendable:
-    """:func:`compose_job`, then into ``outbox/new`` (the caller has checked it is not queued yet)."""
-    result = compose_job(config, templates, job)
-    if isinstance(result, Unsendable):
-        return result
-    return Queued(outbox.put_new(job.out_id, _envelope(config, job), result))
 
 
 def finish_job(svc: Services, job: MailJob, result: bytes | Queued | Unsendable, *, counted: bool = False) -> int:
@@ -176,18 +103,13 @@ def finish_job(svc: Services, job: MailJob, result: bytes | Queued | Unsendable,
         return 0
     if isinstance(result, Queued):
         queued = result.created
-    else:
-        if not counted:
-            before_enqueue(svc, person.addr, job.out_id, send.kind)
-        queued = svc.outbox.put_new(job.out_id, _envelope(svc.config, job), result)
+    elif counted:  # collected a while ago: meanwhile it may have been queued (and even sent) elsewhere
+        queued = svc.outbox.enqueue(job.out_id, envelope(svc.config, job), result)
+    else:  # state_of was checked just now, under the write lock
+        before_enqueue(svc, person.addr, job.out_id, send.kind)
+        queued = svc.outbox.put_new(job.out_id, envelope(svc.config, job), result)
     _record_queued(svc, job)
     return int(queued)
-
-
-def _envelope(config: Config, job: MailJob) -> dict:
-    send = job.send
-    return {"from": config.helpdesk.address if send.kind == "relay" else "", "to": [job.person.addr],
-            "ticket": job.ticket.id, "template": send.template, "kind": send.kind, "message_id": job.message_id}
 
 
 def _record_queued(svc: Services, job: MailJob) -> None:
@@ -212,30 +134,6 @@ def before_enqueue(svc: Services, addr: str, out_id: str, kind: str) -> None:
     limits = svc.config.autoreply
     horizon = max(limits.per_recipient_window_seconds, limits.global_window_seconds)
     svc.sent.record(addr, out_id, svc.clock().timestamp(), horizon)
-
-
-def _compose(config: Config, rendered: Rendered, job: MailJob) -> bytes:
-    hd, ticket, send, occasion = config.helpdesk, job.ticket, job.send, job.occasion
-    if send.to == SENDER:  # an answer to the mail that came in: thread under it
-        in_reply_to, refs = occasion.in_reply_to, (*occasion.references, occasion.in_reply_to)
-    else:  # people who never saw the incoming mail: thread under the ticket's first message
-        first = ticket.message_ids[:1]
-        in_reply_to, refs = (first[0] if first else ""), first
-    who = occasion.sender_name or occasion.sender
-    from_name = f"{who} ({hd.name})" if send.kind == "relay" and who else hd.name
-    return compose(
-        rendered, from_name=from_name, from_addr=hd.address, to_name=job.person.name, to_addr=job.person.addr,
-        message_id=job.message_id, in_reply_to=in_reply_to, references=tuple(r for r in refs if r),
-        auto_submitted=AUTO_SUBMITTED[send.kind], date=job.date,
-        reply_to=plus_address(hd.address, ticket.id, ticket.token) if hd.plus_addressing else "",
-    )
-
-
-def _with_tag(rendered: Rendered, tag_format: str, ticket_id: int) -> Rendered:
-    """Make sure the subject carries our tag, whatever the template says: replies must find their ticket."""
-    if ticket_id in tagged_ids(rendered.subject, tag_format):
-        return rendered
-    return replace(rendered, subject=f"{render_tag(tag_format, ticket_id)} {rendered.subject}")
 
 
 def queue_refusal(svc: Services, template: str, occasion: Occasion, subject: str, reason: str, code: str) -> bool:

@@ -14,7 +14,8 @@ from .actions import PARTICIPANTS, Change, Send
 from .commands import Command
 from .decide import staff_change
 from .errors import PermanentError
-from .mailout import Occasion, queue_sends
+from .mailjob import Occasion
+from .mailout import queue_sends
 from .scopes import ADMIN, Scope, visible
 from .services import Services, event_once
 from .ticket import Status, Ticket

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from .actions import ConfirmIdentity, StatusReport
 from .identity import new_code
-from .mailout import Occasion, queue_ticketless
+from .mailjob import Occasion
+from .mailout import queue_ticketless
 from .message import Message
 from .scopes import Scope, visible
 from .services import Services

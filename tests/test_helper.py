@@ -135,7 +135,7 @@ def _jobs(svc) -> list:
 
 
 def test_the_helper_composes_the_same_bytes_as_the_daemon(svc):
-    from helpdeskd.mailout import compose_job
+    from helpdeskd.mailjob import compose_job
 
     jobs = _jobs(svc)
     assert [job.send.template for job in jobs] == ["ack_new", "staff_new"]
@@ -146,7 +146,8 @@ def test_the_helper_composes_the_same_bytes_as_the_daemon(svc):
 
 
 def test_the_helper_can_also_put_the_mail_in_the_outbox(svc):
-    from helpdeskd.mailout import Queued, compose_job, finish_job
+    from helpdeskd.mailjob import Queued, compose_job
+    from helpdeskd.mailout import finish_job
 
     jobs = _jobs(svc)
     expected = [compose_job(svc.config, svc.templates, job) for job in jobs]
@@ -177,7 +178,8 @@ def test_collected_mail_is_queued_and_recorded_once_finished(svc):
 def test_a_mail_that_cannot_be_written_is_noted_on_the_ticket(svc):
     from dataclasses import replace
 
-    from helpdeskd.mailout import Unsendable, finish_job
+    from helpdeskd.mailjob import Unsendable
+    from helpdeskd.mailout import finish_job
 
     [ack, staff] = _jobs(svc)
     bad = replace(ack, person=replace(ack.person, addr="ana@cliente.es\r\nBcc: x@evil.example"))
@@ -250,3 +252,70 @@ def test_pop3_keeps_a_batch_upstream_when_its_mail_could_not_be_written(dovecot,
     again = poll_pop3(svc.config.mailboxes[0], svc)  # filed again: the missing mail is queued now
     assert again.error is None and box.left == 0
     assert len(tickets(svc)) == 6 and len(answers(svc)) == 6
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+def test_the_helper_exits_when_the_daemon_is_killed(tmp_path):
+    import subprocess
+    import sys
+
+    script = ("import sys, time; from helpdeskd import helper; from helpdeskd.settings import Limits;"
+              "f = helper.parse_ahead([b'Subject: x\\r\\n\\r\\nhola\\r\\n'], Limits()); f.result();"
+              "print(*helper._pool._processes, flush=True); time.sleep(60)")
+    daemon = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        [pid] = [int(p) for p in daemon.stdout.readline().split()]
+        assert _alive(pid)
+        daemon.kill()  # kill -9: no shutdown, its pipes' other copies live on in the forkserver
+        daemon.wait()
+        deadline = time.monotonic() + 10
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(pid)
+    finally:
+        daemon.kill()
+
+
+def test_a_hung_helper_is_killed_and_the_work_done_here(monkeypatch):
+    monkeypatch.setattr(helper, "ANSWER_SECONDS", 0.5)
+    future = helper._submit(time.sleep, 30)  # stands for a helper that never answers
+    [pid] = list(helper._pool._processes)
+    started = time.monotonic()
+    assert helper._answer(future) is None and time.monotonic() - started < 10
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid) and helper._pool is None
+    assert helper.parsed(helper.parse_ahead([SPANISH], Limits()), 1)[0] is not None  # a new helper
+
+
+def test_mail_the_helper_queued_and_the_sender_sent_is_not_queued_again(svc):
+    """The helper wrote the mail, the sender sent it (moved to cur/), then the helper died before
+    answering: the daemon composes it again and must find it queued already."""
+    import shutil
+
+    from helpdeskd.mailjob import write_job
+    from helpdeskd.mailout import finish_job
+
+    jobs = _jobs(svc)
+    for job in jobs:
+        write_job(svc.config, svc.templates, svc.outbox, job)
+        shutil.move(svc.outbox.path(job.out_id, "new"), svc.outbox.path(job.out_id, "cur"))
+    redone = helper.composed(None, svc.config, svc.templates, jobs)  # no helper answer: composed here
+    assert [finish_job(svc, job, answer, counted=True) for job, answer in zip(jobs, redone)] == [0, 0]
+    assert sorted(e.state for e in svc.outbox.entries()) == ["cur", "cur"]
+    assert [write_job(svc.config, svc.templates, svc.outbox, job).created for job in jobs] == [False, False]
+
+
+def test_an_identical_copy_in_the_same_batch_asks_for_its_mail_once(svc):
+    from helpdeskd.cycle import file_safely
+    from helpdeskd.mailout import collecting
+
+    jobs: list = []
+    with collecting(jobs):
+        first = file_safely(Inbound("t", "1", SPANISH), svc)
+        second = file_safely(Inbound("t", "2", SPANISH), svc)
+    assert (first.action, second.action) == ("new", "duplicate")
+    assert [job.send.template for job in jobs] == ["ack_new", "staff_new"]

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -426,6 +427,45 @@ def test_what_lies_on_another_file_system_is_fsynced_file_by_file(tmp_path, monk
         assert sorted(synced) == [str(other), str(other / "there")]  # the rest went with the syncfs
     finally:
         subprocess.run(["umount", str(other)], check=True)
+
+
+def test_a_folder_symlinked_to_another_file_system_is_fsynced_file_by_file(tmp_path, monkeypatch):
+    from helpdeskd.store import fsutil
+
+    if fsutil._SYNCFS is None or os.stat("/dev/shm").st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs syncfs(2) and /dev/shm on a file system of its own")
+    elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        (tmp_path / "outbox").symlink_to(elsewhere)  # say, the outbox moved to a bigger disk
+        synced: list[str] = []
+        real_fsync = os.fsync
+        monkeypatch.setattr(fsutil.os, "fsync",
+                            lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1])
+        syncer = fsutil.Syncer(root=tmp_path)
+        with syncer.batch():
+            atomic_write(tmp_path / "here", b"x", sync=syncer)
+            create_exclusive(tmp_path / "outbox" / "mail", b"y", sync=syncer)
+            (elsewhere / "by-the-helper").write_bytes(b"z")  # another process wrote it on our behalf
+            syncer.written_elsewhere(tmp_path / "outbox" / "by-the-helper")
+        assert sorted(synced) == [str(elsewhere), str(elsewhere / "by-the-helper"), str(elsewhere / "mail")]
+    finally:
+        shutil.rmtree(elsewhere)
+
+
+def test_a_batch_where_only_another_process_wrote_is_still_committed(tmp_path, monkeypatch):
+    from helpdeskd.store import fsutil
+
+    if fsutil._SYNCFS is None:
+        pytest.skip("needs syncfs(2)")
+    calls: list[int] = []
+    monkeypatch.setattr(fsutil, "_SYNCFS", lambda fd: calls.append(fd) or 0)
+    syncer = fsutil.Syncer(root=tmp_path)
+    with syncer.collect() as touched:
+        (tmp_path / "queued").write_bytes(b"by the helper")
+        syncer.written_elsewhere(tmp_path / "queued")
+    assert touched and not touched.files  # nothing else is mounted here: no paths, one syncfs
+    syncer.commit(touched)
+    assert len(calls) == 1
 
 
 def test_a_held_message_whose_reason_a_crash_lost_gets_it_when_filed_again(tmp_path):

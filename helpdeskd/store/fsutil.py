@@ -183,6 +183,21 @@ class Syncer:
         else:
             state.touched.dirty = True
 
+    def written_elsewhere(self, path: StrPath) -> None:
+        """``path`` was created (whole, under its name) by another process on our behalf: make it
+        durable now, or with the group commit."""
+        if not self.enabled:
+            return
+        state = self._state
+        if not state.depth:
+            _fsync_path(os.fspath(path))
+            fsync_dir(os.path.dirname(os.fspath(path)))
+        elif state.record:
+            state.touched.files.add(os.fspath(path))
+            state.touched.dirs.add(os.path.dirname(os.fspath(path)))
+        else:
+            state.touched.dirty = True
+
     def directory(self, path: StrPath) -> None:
         """An entry in ``path`` was created or renamed."""
         if not self.enabled:
@@ -218,7 +233,7 @@ class Syncer:
         if outermost and self.enabled and self.method == "syncfs":
             touched.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)  # type: ignore[arg-type]
             touched.device = os.fstat(touched.fd).st_dev
-            state.record = _mounts_below(os.fspath(self.root)) != []
+            state.record = _mounts_below(os.fspath(self.root)) != [] or _elsewhere_at_top(self.root, touched.device)
         state.depth += 1
         try:
             yield touched
@@ -263,6 +278,16 @@ def _device(folder: str) -> int | None:
         return os.stat(folder).st_dev
     except FileNotFoundError:
         return None
+
+
+def _elsewhere_at_top(root: StrPath, device: int | None) -> bool:
+    """Whether a folder directly in ``root`` (a symlink, say ``outbox -> /srv/big/outbox``) is on
+    another file system than ``root``. Deeper symlinks to other file systems are not supported."""
+    try:
+        with os.scandir(root) as entries:
+            return any(entry.is_dir() and entry.stat().st_dev != device for entry in entries)
+    except OSError:
+        return True  # cannot tell: record paths
 
 
 def _mounts_below(root: str) -> list[str] | None:
@@ -390,7 +415,7 @@ def _proc_self_fd() -> int | None:
     with _proc_lock:
         if _proc_fd is None or _proc_fd[0] != pid:
             try:
-                _proc_fd = (pid, os.open(f"/proc/{pid}/fd", os.O_RDONLY | os.O_DIRECTORY))
+                _proc_fd = (pid, os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY))
             except OSError:
                 _unnamed = False
                 return None
