@@ -13,7 +13,8 @@ ticket; the ledger makes the next session delete (or, when mail is kept, skip) i
 Network, filing and durability overlap: while one batch is being filed (in a filer thread, under the
 daemon's filing lock, without fsync), the session thread already retrieves the next one and a committer
 thread makes the previous one durable (one group commit, see ``store/fsutil.py``) and writes its
-ledger; only then is that batch DELE'd. At most two batches of mail are in memory.
+ledger; only then is that batch DELE'd. At most two batches of mail are in memory (three with the
+helper: see below).
 
 With the helper process (``[mail_gateway] helper_process``, see ``helper.py``), it parses each batch
 as soon as it is retrieved, and composes the mail that filing a batch asks for while the filer files

@@ -416,10 +416,7 @@ def test_what_lies_on_another_file_system_is_fsynced_file_by_file(tmp_path, monk
     if subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(other)], capture_output=True).returncode != 0:
         pytest.skip("cannot mount a tmpfs here")
     try:
-        synced: list[str] = []
-        real_fsync = os.fsync
-        monkeypatch.setattr(fsutil.os, "fsync",
-                            lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1])
+        synced = _record_fsyncs(monkeypatch)
         syncer = fsutil.Syncer(root=tmp_path)
         with syncer.batch():
             atomic_write(tmp_path / "here", b"x", sync=syncer)
@@ -427,6 +424,17 @@ def test_what_lies_on_another_file_system_is_fsynced_file_by_file(tmp_path, monk
         assert sorted(synced) == [str(other), str(other / "there")]  # the rest went with the syncfs
     finally:
         subprocess.run(["umount", str(other)], check=True)
+
+
+def _record_fsyncs(monkeypatch) -> list[str]:
+    """The paths fsynced from now on (fsyncs still happen)."""
+    from helpdeskd.store import fsutil
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(fsutil.os, "fsync",
+                        lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1])
+    return synced
 
 
 def test_a_folder_symlinked_to_another_file_system_is_fsynced_file_by_file(tmp_path, monkeypatch):
@@ -437,10 +445,7 @@ def test_a_folder_symlinked_to_another_file_system_is_fsynced_file_by_file(tmp_p
     elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm"))
     try:
         (tmp_path / "outbox").symlink_to(elsewhere)  # say, the outbox moved to a bigger disk
-        synced: list[str] = []
-        real_fsync = os.fsync
-        monkeypatch.setattr(fsutil.os, "fsync",
-                            lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd))[1])
+        synced = _record_fsyncs(monkeypatch)
         syncer = fsutil.Syncer(root=tmp_path)
         with syncer.batch():
             atomic_write(tmp_path / "here", b"x", sync=syncer)
