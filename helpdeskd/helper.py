@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import pickle
 import select
+import signal
 import threading
 import time
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
@@ -42,7 +43,7 @@ from .store.outbox import Outbox
 from .templates import Templates
 
 log = get("helper")
-ANSWER_SECONDS = 120.0  # a batch is at most 8 MiB of mail: seconds of work, not minutes
+ANSWER_SECONDS = 30.0  # a batch is at most 8 MiB of mail: well under a second of work, usually
 
 _lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
@@ -148,15 +149,22 @@ def composed(future: Future[list[Composed]] | None, config: Config, templates: T
 # -- the pool -------------------------------------------------------------------------------------
 def _submit(function, *args) -> Future | None:
     global _pool
-    with _lock:
-        try:
-            if _pool is None:
-                _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"),
-                                            initializer=_exit_with, initargs=(os.getpid(),))
-            future = _pool.submit(function, *args)
-        except (BrokenProcessPool, OSError, RuntimeError) as exc:
-            _forget(exc, _pool)
-            return None
+    # Processes started now (the forkserver, its resource tracker, the helper) inherit this thread's
+    # signal mask: a hangup sent to the whole process group leaves them alone (they end with the
+    # daemon, not with its terminal). They ignore SIGINT themselves (the helper: see _exit_with).
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP})
+    try:
+        with _lock:
+            try:
+                if _pool is None:
+                    _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"),
+                                                initializer=_exit_with, initargs=(os.getpid(),))
+                future = _pool.submit(function, *args)
+            except (BrokenProcessPool, OSError, RuntimeError) as exc:
+                _forget(exc, _pool)
+                return None
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         future.pool = _pool  # type: ignore[attr-defined]  # which helper to drop if this one fails
         return future
 
@@ -168,15 +176,21 @@ def _answer(future: Future | None) -> list | None:
         return None
     try:
         return future.result(timeout=ANSWER_SECONDS)
-    except (BrokenProcessPool, OSError, EOFError, pickle.PickleError, CancelledError, FutureTimeout) as exc:
-        with _lock:
-            _forget(exc, future.pool)  # type: ignore[attr-defined]
-        return None
+    except FutureTimeout:
+        failure: BaseException = TimeoutError(f"no answer within {ANSWER_SECONDS:.0f} s")
+    except (BrokenProcessPool, OSError, EOFError, pickle.PickleError, CancelledError) as exc:
+        failure = exc
+    with _lock:
+        _forget(failure, future.pool)  # type: ignore[attr-defined]
+    return None
 
 
 def _exit_with(daemon: int) -> None:
     """In the helper: exit as soon as the daemon process ``daemon`` has (even killed with -9, which
-    leaves the helper's pipes open: their other copies live in the forkserver)."""
+    leaves the helper's pipes open: their other copies live in the forkserver), and only then — a
+    Ctrl-C or hangup sent to the daemon's process group is the daemon's to handle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     try:
         watched: int | None = os.pidfd_open(daemon)  # readable once the process has exited (Linux 5.3)
     except (AttributeError, OSError):
@@ -207,8 +221,11 @@ def _forget(exc: BaseException, pool: ProcessPoolExecutor | None) -> None:
     """Drop ``pool``, which failed, unless it was replaced already; the next batch starts a new one.
     Caller holds ``_lock``."""
     global _pool
-    log.warning("helper_unavailable", error=f"{type(exc).__name__}: {exc}", fallback="the work is done in the daemon")
-    if pool is not None and pool is _pool:
+    if pool is not _pool:
+        return  # dropped already (its other unanswered work failed with it)
+    log.warning("helper_unavailable", error=f"{type(exc).__name__}: {exc}".rstrip(": "),
+                fallback="the work is done in the daemon")
+    if pool is not None:
         _pool = None
         for process in list((pool._processes or {}).values()):  # a hung helper would never take the hint
             process.kill()

@@ -319,3 +319,34 @@ def test_an_identical_copy_in_the_same_batch_asks_for_its_mail_once(svc):
         second = file_safely(Inbound("t", "2", SPANISH), svc)
     assert (first.action, second.action) == ("new", "duplicate")
     assert [job.send.template for job in jobs] == ["ack_new", "staff_new"]
+
+
+def test_a_hangup_or_ctrl_c_sent_to_the_process_group_leaves_the_helper_alone():
+    """A daemon reloads on SIGHUP; its helper (and the forkserver behind it) must not die of one
+    sent to the whole process group, nor print tracebacks on a Ctrl-C."""
+    import subprocess
+    import sys
+
+    script = ("import signal, sys; signal.signal(signal.SIGHUP, lambda *a: None);"
+              "signal.signal(signal.SIGINT, lambda *a: None);"
+              "from helpdeskd import helper; from helpdeskd.settings import Limits;"
+              "raw = [b'Subject: x\\r\\n\\r\\nhola\\r\\n'];"
+              "assert helper.parsed(helper.parse_ahead(raw, Limits()), 1)[0] is not None;"
+              "print(*helper._pool._processes, flush=True); sys.stdin.readline();"
+              "print('ok' if helper.parsed(helper.parse_ahead(raw, Limits()), 1)[0] is not None else 'inline',"
+              "      *helper._pool._processes, flush=True)")
+    daemon = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        [pid] = daemon.stdout.readline().split()
+        for sig in (signal.SIGHUP, signal.SIGINT):
+            os.killpg(daemon.pid, sig)
+        time.sleep(0.5)
+        daemon.stdin.write("\n")
+        daemon.stdin.flush()
+        assert daemon.stdout.readline().split() == ["ok", pid]  # the same helper answered
+        daemon.stdin.close()
+        assert daemon.wait(timeout=30) == 0
+        assert "Traceback" not in daemon.stderr.read()
+    finally:
+        daemon.kill()
