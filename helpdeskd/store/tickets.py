@@ -176,12 +176,15 @@ class TicketStore:
 
     def store_mail(self, ticket: Ticket, key: str, raw: bytes) -> str:
         """Keep raw bytes under ``mail/``; returns the file name. Storing the same key twice is a no-op."""
-        mail = ensure_dir(f"{self._ticket_dir(ticket.id)}/mail", sync=self.sync)
-        suffix = f"-{key}.eml"
-        with os.scandir(mail) as entries:  # not Path.glob: it compiles a pattern at every call
-            existing = next((entry.name for entry in entries if entry.name.endswith(suffix)), None)
-        if existing is not None:
-            return existing
+        mail = f"{self._ticket_dir(ticket.id)}/mail"
+        if os.path.isdir(mail):  # (a new ticket's is made below, empty)
+            suffix = f"-{key}.eml"
+            with os.scandir(mail) as entries:  # not Path.glob: it compiles a pattern at every call
+                existing = next((entry.name for entry in entries if entry.name.endswith(suffix)), None)
+            if existing is not None:
+                return existing
+        else:
+            ensure_dir(mail, sync=self.sync)
         name = f"{ticket.mail_count + 1:04d}-{key}.eml"
         create_exclusive(f"{mail}/{name}", raw, sync=self.sync)
         return name
