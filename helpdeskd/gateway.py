@@ -46,7 +46,7 @@ from .intake import PollResult, log_outcome
 from .lang import choose_language
 from .logs import get
 from .loops import no_autoreply_reason, rate_limit_reason
-from .mailjob import MailJob, Occasion, Queued
+from .mailjob import MailJob, Occasion
 from .mailout import collecting, finish_job, queue_refusal, recent_autoreplies
 from .message import Inbound, Message
 from .parse import parse
@@ -279,7 +279,7 @@ def _file_each(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, r
                current: _Filed) -> None:
     """File each message; with the helper, the mail each asks for is collected in ``current.jobs``."""
     messages = helper.parsed(batch.parsing, len(batch.raws))
-    jobs: list[MailJob] = []
+    jobs: list[MailJob] = []  # the whole batch's: a second copy of a message asks for nothing more
     with svc.store.ids_reserved(len(batch.items)), (collecting(jobs) if svc.config.mail_gateway.helper_process
                                                     else contextlib.nullcontext()):
         for item, raw, message in zip(batch.items, batch.raws, messages):
@@ -288,12 +288,11 @@ def _file_each(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, r
                 continue
             upstream_id = item.uid or f"key:{(message or parse(raw, svc.config.limits)).key}"
             if upstream_id not in ledger:  # only without UIDL can a filed message come back here
-                inbound = Inbound(mailbox.name, upstream_id, raw)
+                inbound, asked = Inbound(mailbox.name, upstream_id, raw), len(jobs)
                 try:
                     _file_one(inbound, mailbox, svc, result, message)
                 finally:  # what it asked for before an error is queued all the same, as it would be inline
-                    current.jobs.extend((job, inbound) for job in jobs)
-                    jobs.clear()
+                    current.jobs.extend((job, inbound) for job in jobs[asked:])
             current.entries.append((item, upstream_id))
 
 
@@ -333,8 +332,6 @@ def _finish(filed: _Filed, svc: Services) -> None:
             elif isinstance(answer, helper.Unwritten):
                 unwritten = answer.error
             else:
-                if isinstance(answer, Queued) and answer.created:  # by the helper: this commit covers it
-                    svc.store.sync.written_elsewhere(svc.outbox.path(job.out_id, "new"))
                 finish_job(svc, job, answer, counted=True)
     if unwritten is not None:  # the batch stays upstream; filed again, its mail is queued then
         raise TransientError(f"storage failed: {unwritten}")

@@ -25,7 +25,7 @@ import select
 import signal
 import threading
 import time
-from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -163,22 +163,23 @@ def _submit(function, *args) -> Future | None:
             except (BrokenProcessPool, OSError, RuntimeError) as exc:
                 _forget(exc, _pool)
                 return None
+            future.pool = _pool  # type: ignore[attr-defined]  # which helper to drop if this one fails
+            return future
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        future.pool = _pool  # type: ignore[attr-defined]  # which helper to drop if this one fails
-        return future
 
 
 def _answer(future: Future | None) -> list | None:
-    """A future's result; None when there is no future or the helper failed (killed, OOM, hung):
-    the caller then does the same work itself."""
+    """A future's result; None when there is no future or the helper failed (killed, OOM, hung, or
+    anything else that kept it from answering: arguments it could not be sent, say): the caller then
+    does the same work itself, where a real error shows as it would have without the helper."""
     if future is None:
         return None
     try:
         return future.result(timeout=ANSWER_SECONDS)
     except FutureTimeout:
         failure: BaseException = TimeoutError(f"no answer within {ANSWER_SECONDS:.0f} s")
-    except (BrokenProcessPool, OSError, EOFError, pickle.PickleError, CancelledError) as exc:
+    except Exception as exc:  # noqa: BLE001 - see above: the work is redone in the daemon
         failure = exc
     with _lock:
         _forget(failure, future.pool)  # type: ignore[attr-defined]
@@ -232,10 +233,18 @@ def _forget(exc: BaseException, pool: ProcessPoolExecutor | None) -> None:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-def shutdown() -> None:
-    """Stop the helper (daemon exit; tests)."""
+def shutdown(grace: float = 5.0) -> None:
+    """Stop the helper (daemon exit; tests): let it end on its own for ``grace`` seconds, then kill it
+    (a hung helper must not keep the daemon from exiting)."""
     global _pool
     with _lock:
         pool, _pool = _pool, None
-    if pool is not None:
-        pool.shutdown(wait=True, cancel_futures=True)
+    if pool is None:
+        return
+    processes = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    deadline = time.monotonic() + grace
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()

@@ -80,7 +80,7 @@ def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occ
     mid = make_message_id(ticket.id, ticket.token, out_id, svc.config.helpdesk.message_id_domain)
     job = MailJob(out_id, mid, ticket, send, person, occasion, svc.clock())
     if svc.outbox.state_of(out_id) is not None:
-        _record_queued(svc, job)
+        _record_queued(svc, job, found=True)
         return 0
     collected = getattr(_collector, "jobs", None)
     if collected is not None:
@@ -101,18 +101,23 @@ def finish_job(svc: Services, job: MailJob, result: bytes | Queued | Unsendable,
         event_once(svc, ticket.id, {"type": "note", "ref": f"unsendable:{job.out_id}", "by": "helpdeskd",
                                     "text": f"{send.template} not sent to {person.addr}: {result.reason}"})
         return 0
-    if isinstance(result, Queued):
+    if isinstance(result, Queued):  # written by another process (the helper)
         queued = result.created
     elif counted:  # collected a while ago: meanwhile it may have been queued (and even sent) elsewhere
         queued = svc.outbox.enqueue(job.out_id, envelope(svc.config, job), result)
     else:  # state_of was checked just now, under the write lock
         before_enqueue(svc, person.addr, job.out_id, send.kind)
         queued = svc.outbox.put_new(job.out_id, envelope(svc.config, job), result)
-    _record_queued(svc, job)
+    _record_queued(svc, job, found=isinstance(result, Queued) or not queued)
     return int(queued)
 
 
-def _record_queued(svc: Services, job: MailJob) -> None:
+def _record_queued(svc: Services, job: MailJob, found: bool = False) -> None:
+    """The history entry for a queued mail. ``found``: not written by this process just now — by
+    the helper, or before a crash, perhaps by a helper whose batch never completed — so the current
+    group commit must cover it too, or its batch could be deleted upstream before it is durable."""
+    if found and svc.outbox.state_of(job.out_id) == "new":
+        svc.outbox.sync.written_elsewhere(svc.outbox.path(job.out_id, "new"))
     event_once(svc, job.ticket.id, {"type": "reply_queued", "ref": job.out_id, "template": job.send.template,
                                     "to": job.person.addr, "kind": job.send.kind, "message_id": job.message_id,
                                     "language": job.person.language})

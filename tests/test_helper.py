@@ -264,9 +264,10 @@ def test_the_helper_exits_when_the_daemon_is_killed(tmp_path):
     script = ("import sys, time; from helpdeskd import helper; from helpdeskd.settings import Limits;"
               "f = helper.parse_ahead([b'Subject: x\\r\\n\\r\\nhola\\r\\n'], Limits()); f.result();"
               "print(*helper._pool._processes, flush=True); time.sleep(60)")
-    daemon = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    daemon = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              start_new_session=True)
     try:
-        [pid] = [int(p) for p in daemon.stdout.readline().split()]
+        [pid] = [int(p) for p in _line(daemon).split()]
         assert _alive(pid)
         daemon.kill()  # kill -9: no shutdown, its pipes' other copies live on in the forkserver
         daemon.wait()
@@ -275,7 +276,25 @@ def test_the_helper_exits_when_the_daemon_is_killed(tmp_path):
             time.sleep(0.05)
         assert not _alive(pid)
     finally:
-        daemon.kill()
+        _kill_group(daemon)
+
+
+def _line(process, seconds: float = 30) -> str:
+    """The child's next line of output, or a failure after ``seconds`` (never a hung test)."""
+    import select
+
+    ready, _, _ = select.select([process.stdout], [], [], seconds)
+    assert ready, "no answer from the child process"
+    return process.stdout.readline()
+
+
+def _kill_group(process) -> None:
+    """The child and whatever it started (helper, forkserver, tracker): nothing left behind."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def test_a_hung_helper_is_killed_and_the_work_done_here(monkeypatch):
@@ -288,6 +307,7 @@ def test_a_hung_helper_is_killed_and_the_work_done_here(monkeypatch):
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(pid) and helper._pool is None
+    monkeypatch.undo()  # a new helper's start must not race a half-second deadline
     assert helper.parsed(helper.parse_ahead([SPANISH], Limits()), 1)[0] is not None  # a new helper
 
 
@@ -338,15 +358,30 @@ def test_a_hangup_or_ctrl_c_sent_to_the_process_group_leaves_the_helper_alone():
     daemon = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        [pid] = daemon.stdout.readline().split()
+        [pid] = _line(daemon).split()
         for sig in (signal.SIGHUP, signal.SIGINT):
             os.killpg(daemon.pid, sig)
         time.sleep(0.5)
         daemon.stdin.write("\n")
         daemon.stdin.flush()
-        assert daemon.stdout.readline().split() == ["ok", pid]  # the same helper answered
+        assert _line(daemon).split() == ["ok", pid]  # the same helper answered
         daemon.stdin.close()
         assert daemon.wait(timeout=30) == 0
         assert "Traceback" not in daemon.stderr.read()
     finally:
-        daemon.kill()
+        _kill_group(daemon)
+
+
+def test_mail_found_queued_by_someone_else_is_covered_by_the_commit(svc):
+    """Filed again after a crash, everything is found done, including mail a helper had written: the
+    commit must still happen (and cover that mail) before the batch is deleted upstream."""
+    from helpdeskd.cycle import file_safely
+    from helpdeskd.mailjob import write_job
+    from helpdeskd.mailout import finish_job
+
+    for job in _jobs(svc):  # the helper wrote them, the daemon recorded them; then a crash
+        finish_job(svc, job, write_job(svc.config, svc.templates, svc.outbox, job), counted=True)
+    with svc.store.sync.collect() as touched:
+        assert file_safely(Inbound("t", "1", SPANISH), svc).action == "duplicate"
+    assert touched  # without the outbox files found in new/, nothing would have been written
+    touched.close()
