@@ -80,7 +80,8 @@ def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occ
     mid = make_message_id(ticket.id, ticket.token, out_id, svc.config.helpdesk.message_id_domain)
     job = MailJob(out_id, mid, ticket, send, person, occasion, svc.clock())
     if svc.outbox.state_of(out_id) is not None:
-        _record_queued(svc, job, found=True)
+        _cover(svc, out_id)
+        _record_queued(svc, job)
         return 0
     collected = getattr(_collector, "jobs", None)
     if collected is not None:
@@ -108,16 +109,21 @@ def finish_job(svc: Services, job: MailJob, result: bytes | Queued | Unsendable,
     else:  # state_of was checked just now, under the write lock
         before_enqueue(svc, person.addr, job.out_id, send.kind)
         queued = svc.outbox.put_new(job.out_id, envelope(svc.config, job), result)
-    _record_queued(svc, job, found=isinstance(result, Queued) or not queued)
+    if isinstance(result, Queued) or not queued:  # not written by this process just now
+        _cover(svc, job.out_id, known_new=bool(queued))
+    _record_queued(svc, job)
     return int(queued)
 
 
-def _record_queued(svc: Services, job: MailJob, found: bool = False) -> None:
-    """The history entry for a queued mail. ``found``: not written by this process just now — by
-    the helper, or before a crash, perhaps by a helper whose batch never completed — so the current
-    group commit must cover it too, or its batch could be deleted upstream before it is durable."""
-    if found and svc.outbox.state_of(job.out_id) == "new":
-        svc.outbox.sync.written_elsewhere(svc.outbox.path(job.out_id, "new"))
+def _cover(svc: Services, out_id: str, known_new: bool = False) -> None:
+    """Mail this process did not just write — the helper's, or found queued when filing again after
+    a crash, perhaps written by a helper whose batch never completed: if it waits in ``outbox/new``,
+    the current group commit must cover it, or its batch could be deleted upstream first."""
+    if known_new or svc.outbox.state_of(out_id) == "new":
+        svc.outbox.sync.written_elsewhere(svc.outbox.path(out_id, "new"))
+
+
+def _record_queued(svc: Services, job: MailJob) -> None:
     event_once(svc, job.ticket.id, {"type": "reply_queued", "ref": job.out_id, "template": job.send.template,
                                     "to": job.person.addr, "kind": job.send.kind, "message_id": job.message_id,
                                     "language": job.person.language})
