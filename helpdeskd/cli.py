@@ -151,8 +151,9 @@ def cmd_fsck(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
         print(f"repaired: {line}")
     for line in report.problems:
         print(f"problem: {line}")
-    print(f"{report.tickets} tickets checked, {report.indexed_message_ids} Message-IDs and "
-          f"{report.indexed_keys} message keys indexed, {len(report.problems)} problems")
+    indexed = "" if args.check_only else (f", {report.indexed_message_ids} Message-IDs and "
+                                           f"{report.indexed_keys} message keys indexed")
+    print(f"{report.tickets} tickets checked{indexed}, {len(report.problems)} problems")
     return EX_FAIL if report.problems else EX_OK
 
 

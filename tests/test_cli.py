@@ -79,6 +79,16 @@ def test_deliver_the_same_mail_twice_is_one_ticket(tmp_path):
     assert len(json.loads(helpdeskctl("-c", str(path), "list", "--json").stdout)) == 1
 
 
+def test_fsck_reports_what_it_checked_and_indexed(tmp_path):
+    config = write_config(tmp_path)
+    assert helpdeskd("deliver", "-c", str(config), stdin=mail()).returncode == 0
+    checked = helpdeskd("fsck", "-c", str(config), "--check-only")
+    assert checked.returncode == 0 and checked.stdout.decode().strip() == "1 tickets checked, 0 problems"
+    rebuilt = helpdeskd("fsck", "-c", str(config))
+    assert rebuilt.returncode == 0
+    assert rebuilt.stdout.decode().strip() == "1 tickets checked, 1 Message-IDs and 1 message keys indexed, 0 problems"
+
+
 def test_deliver_asks_the_mta_to_retry_on_a_bad_config(tmp_path):
     path = write_config(tmp_path, lambda t: t.replace("[helpdesk]", "[helpdesk]\nbogus = 1"))
     assert helpdeskd("deliver", "-c", str(path), stdin=mail()).returncode == 75
