@@ -173,42 +173,36 @@ class Syncer:
 
     def file(self, path: StrPath, fd: int) -> None:
         """``fd`` (open on ``path``) was written: fsync it now, or remember it for the group commit."""
-        if not self.enabled:
-            return
-        state = self._state
-        if not state.depth:
+        if self.enabled and not self._remember(path, None):
             os.fsync(fd)
-        elif state.record:
-            state.touched.files.add(os.fspath(path))
-        else:
-            state.touched.dirty = True
 
     def written_elsewhere(self, path: StrPath) -> None:
         """``path`` was created (whole, under its name) by another process on our behalf: make it
         durable now, or with the group commit."""
-        if not self.enabled:
-            return
-        state = self._state
-        if not state.depth:
+        folder = os.path.dirname(os.fspath(path))
+        if self.enabled and not self._remember(path, folder):
             _fsync_path(os.fspath(path))
-            fsync_dir(os.path.dirname(os.fspath(path)))
-        elif state.record:
-            state.touched.files.add(os.fspath(path))
-            state.touched.dirs.add(os.path.dirname(os.fspath(path)))
-        else:
-            state.touched.dirty = True
+            fsync_dir(folder)
 
     def directory(self, path: StrPath) -> None:
         """An entry in ``path`` was created or renamed."""
-        if not self.enabled:
-            return
+        if self.enabled and not self._remember(None, path):
+            fsync_dir(path)
+
+    def _remember(self, file: StrPath | None, folder: StrPath | None) -> bool:
+        """Inside a batch, note what the group commit must cover (the paths, or only that something
+        was written: see :class:`Touched`) and return True; outside one, return False (sync now)."""
         state = self._state
         if not state.depth:
-            fsync_dir(path)
-        elif state.record:
-            state.touched.dirs.add(os.fspath(path))
-        else:
+            return False
+        if not state.record:
             state.touched.dirty = True
+            return True
+        if file is not None:
+            state.touched.files.add(os.fspath(file))
+        if folder is not None:
+            state.touched.dirs.add(os.fspath(folder))
+        return True
 
     @contextmanager
     def batch(self) -> Iterator["Syncer"]:
