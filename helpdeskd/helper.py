@@ -109,25 +109,24 @@ def compose_batch(config: Config, templates: Templates, jobs: list[MailJob],
     return out
 
 
-_snapshots: dict[tuple[int, int], tuple[Config, Templates, str, bytes]] = {}  # main side, by identity
+_snapshot: tuple[Config, Templates, str, bytes] | None = None  # main side: the last one pickled
 _current: tuple[str, Config, Templates, Outbox] | None = None  # helper side: the last snapshot unpickled
 
 
 def compose_ahead(config: Config, templates: Templates, jobs: list[MailJob],
                   write: bool) -> Future[list[Composed]] | None:
     """Start composing ``jobs`` in the helper; None when no helper can run (compose them inline).
-    ``write``: the helper also puts them in the outbox (without fsync: only for a caller whose next
-    commit makes the whole file system durable, a syncfs group commit).
+    ``write``: the helper also puts them in the outbox, without fsync (for a caller whose group
+    commit is a syncfs, and who tells it of these files: ``Syncer.written_elsewhere``).
 
     The configuration and templates travel with every batch as one pickled snapshot (~25 KB,
     made once per reload); the helper unpickles it only when it changed."""
+    global _snapshot
     with _lock:
-        key = (id(config), id(templates))
-        if key not in _snapshots:
-            _snapshots.clear()  # one generation at a time: a reload replaces it
+        if _snapshot is None or _snapshot[0] is not config or _snapshot[1] is not templates:  # a reload
             blob = pickle.dumps((config, templates), pickle.HIGHEST_PROTOCOL)
-            _snapshots[key] = (config, templates, hashlib.sha256(blob).hexdigest(), blob)
-        _, _, token, blob = _snapshots[key]
+            _snapshot = (config, templates, hashlib.sha256(blob).hexdigest(), blob)
+        _, _, token, blob = _snapshot
     return _submit(_compose_in_helper, token, blob, jobs, write)
 
 
