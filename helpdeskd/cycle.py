@@ -99,7 +99,7 @@ def _decide_and_apply(message: Message, inbound: Inbound, svc: Services, mailbox
     claim = _claim(message, decision, svc)
     svc.store.write_claim(message.key, claim)
     if claim.get("ticket"):  # known now: another copy of this Message-ID is a duplicate from here on
-        svc.store.index_message_id(message.message_id, claim["ticket"])
+        svc.store.index_message_id(message.message_id, claim["ticket"], claim_key=message.key)
     return _apply(message, inbound, claim, svc, again=False, known=view.tickets.get(claim.get("ticket")))
 
 
@@ -226,7 +226,7 @@ def _file(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: str,
           svc: Services) -> tuple[Ticket, bool]:
     """Store the raw mail, its history entry, the changes it brings, and the ticket's new state once."""
     if ticket.has_key(message.key):
-        svc.store.index_message_id(message.message_id, ticket.id)  # a crash may have come before it
+        svc.store.index_message_id(message.message_id, ticket.id, message.key)  # a crash may have come first
         return ticket, False
     name = svc.store.store_mail(ticket, message.key, raw)
     event_once(svc, ticket.id, _message_event(message, name, claim, words))
@@ -241,7 +241,7 @@ def _file(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: str,
         mail_count=ticket.mail_count + 1,
     )
     svc.store.save(ticket)
-    svc.store.index_message_id(message.message_id, ticket.id)
+    svc.store.index_message_id(message.message_id, ticket.id, message.key)
     return ticket, True
 
 

@@ -35,7 +35,7 @@ import hashlib
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -172,6 +172,7 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
     pending: list[_Filed] = []  # the filer's: a filed batch whose mail the helper is composing
     file = functools.partial(_file_batch, mailbox=mailbox, svc=svc, ledger=ledger, locked=locked, result=result,
                              committer=committer, pending=pending)
+    prepare = svc.config.mail_gateway.helper_process and svc.store.sync.covers_unrecorded()
     try:
         for batch_items in _batches(items, cfg, limit, result):
             if should_stop() or time.monotonic() > deadline:
@@ -181,6 +182,8 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
             if svc.config.mail_gateway.helper_process:
                 batch.parsing = helper.parse_ahead(batch.raws, svc.config.limits)
             if filing is not None:
+                if prepare:
+                    _prepare_index(batch, filing, svc)
                 commits.append(filing.result())
                 filing = None
             if should_stop():  # asked while retrieving or filing: this batch stays on the server
@@ -198,6 +201,20 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
     finally:  # after an error too: the filing and commits in hand end before the session is aborted
         filer.shutdown(wait=True)  # first: a filing ends by handing its commit to the committer
         committer.shutdown(wait=True)
+
+
+def _prepare_index(batch: _Batch, filing: Future, svc: Services) -> None:
+    """While the filer is still at the batch before, make the index folders this one will need
+    (``TicketStore.prepare_index``), once the helper has parsed it. Best effort: the filer makes
+    whatever is still missing, and reports any error."""
+    if batch.parsing is None:
+        return
+    wait([batch.parsing, filing], return_when=FIRST_COMPLETED)
+    if not batch.parsing.done() or batch.parsing.cancelled() or batch.parsing.exception() is not None:
+        return  # the filer is free first (or the helper failed: the filer will see to it)
+    messages = [m for m in batch.parsing.result() if m is not None]
+    with contextlib.suppress(OSError):
+        svc.store.prepare_index([m.key for m in messages], [m.message_id for m in messages])
 
 
 def _batches(items: list[Listed], cfg: Pop3, limit: int, result: Pop3Result) -> list[list[Listed]]:

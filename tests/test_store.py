@@ -100,6 +100,37 @@ def test_message_id_index(tmp_path):
     assert store.find_by_message_id("abc@example.org") == 5 and store.find_by_message_id("other@x") is None
 
 
+def test_message_id_entry_is_a_second_name_of_the_claim(tmp_path):
+    store = TicketStore(tmp_path)
+    store.write_claim("k" * 32, {"action": "new", "ticket": 7})
+    store.index_message_id("<m1@x>", 7, claim_key="k" * 32)
+    entry, claim = Path(store._msgid_path("<m1@x>")), Path(store._key_path("k" * 32))
+    assert entry.stat().st_ino == claim.stat().st_ino and claim.stat().st_nlink == 2  # no new file
+    assert TicketStore(tmp_path).find_by_message_id("<M1@X>") == 7
+    # taken by another ticket already, or no claim to link to: the id is written as text
+    store.index_message_id("<m1@x>", 8, claim_key="k" * 32)
+    store.index_message_id("<m2@x>", 9, claim_key="f" * 32)
+    assert entry.read_bytes() == b"8\n" and claim.stat().st_nlink == 1
+    assert Path(store._msgid_path("<m2@x>")).read_bytes() == b"9\n"
+    fresh = TicketStore(tmp_path)
+    assert fresh.find_by_message_id("<m1@x>") == 8 and fresh.find_by_message_id("<m2@x>") == 9
+    Path(store._msgid_path("<m3@x>")).parent.mkdir(parents=True, exist_ok=True)
+    Path(store._msgid_path("<m3@x>")).write_bytes(b'{"action": "new", "tick')  # cut short by a crash
+    assert fresh.find_by_message_id("<m3@x>") is None
+
+
+def test_write_lock_names_its_holder_without_rewriting_its_own_name(tmp_path):
+    lock_file = tmp_path / "write.lock"
+    lock_file.write_bytes(b"999999999\n")  # a holder that has gone
+    StateLock(tmp_path).acquire().release()
+    assert lock_file.read_bytes() == f"{os.getpid()}\n".encode()
+    os.utime(lock_file, ns=(0, 0))
+    with StateLock(tmp_path):  # taken again by the same process: nothing written (no writeback to wait for)
+        assert lock_file.stat().st_mtime_ns == 0 and lock_file.read_bytes() == f"{os.getpid()}\n".encode()
+    StateLock(tmp_path / "new" / "dir").acquire().release()  # a state directory not made yet
+    assert (tmp_path / "new" / "dir" / "write.lock").exists()
+
+
 def test_write_lock_is_exclusive_across_processes(tmp_path):
     code = ("import sys, time; from pathlib import Path; from helpdeskd.store.lock import StateLock;"
             f"StateLock(Path({str(tmp_path)!r}), {DAEMON!r}).acquire(); print('held', flush=True); time.sleep(30)")
@@ -483,3 +514,40 @@ def test_a_held_message_whose_reason_a_crash_lost_gets_it_when_filed_again(tmp_p
     assert item.reason == "unknown sender" and item.source == "inbox:1"
     assert held.put("k1", b"other", "another reason", "inbox:2") is False  # kept once, reason unchanged
     assert [i.reason for i in held.items()] == ["unknown sender"] and held.raw("k1").endswith(b"hola\r\n")
+
+
+def test_folders_are_made_ahead_only_where_the_commit_covers_them_unrecorded(tmp_path, monkeypatch):
+    from helpdeskd.store import fsutil
+
+    assert not fsutil.Syncer(method="fsync", root=tmp_path).covers_unrecorded()  # fsyncs need the paths
+    assert not fsutil.Syncer(enabled=False, root=tmp_path).covers_unrecorded()
+    if fsutil._SYNCFS is None:
+        pytest.skip("needs syncfs(2)")
+    syncer = fsutil.Syncer(root=tmp_path)
+    assert syncer.covers_unrecorded()
+    monkeypatch.setattr(fsutil, "_mounts_below", lambda root: [f"{root}/index"])
+    assert not syncer.covers_unrecorded()  # a file system mounted inside: its folders need fsyncs
+    monkeypatch.setattr(fsutil, "_mounts_below", lambda root: None)
+    assert not syncer.covers_unrecorded()  # the mount table unreadable: assume there may be one
+    monkeypatch.undo()
+    if os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev:
+        elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm"))
+        try:
+            (tmp_path / "index").symlink_to(elsewhere)
+            assert not syncer.covers_unrecorded()
+        finally:
+            shutil.rmtree(elsewhere)
+
+
+def test_index_folders_made_ahead_are_used_by_filing(tmp_path):
+    store = TicketStore(tmp_path)
+    keys, message_ids = ["ab12" + "0" * 28, "ab12" + "1" * 28, "cd34" + "0" * 28], ["<a@x>", "", "<b@x>"]
+    store.prepare_index(keys, message_ids)
+    folders = {os.path.dirname(store._key_path(k)) for k in keys} | {
+        os.path.dirname(store._msgid_path(m)) for m in message_ids if m}
+    assert len(folders) == 4 and all(os.path.isdir(f) for f in folders)
+    assert not any(os.listdir(f) for f in folders)  # folders only: nothing is recorded ahead
+    store.prepare_index(keys, message_ids)  # again: nothing to do, no error
+    store.write_claim(keys[0], {"action": "new", "ticket": 1})
+    store.index_message_id("<a@x>", 1, claim_key=keys[0])
+    assert store.read_claim(keys[0]) == {"action": "new", "ticket": 1} and store.find_by_message_id("<a@x>") == 1

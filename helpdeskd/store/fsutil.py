@@ -164,6 +164,18 @@ class Syncer:
         """Whether a batch may be committed while the next one is being written (syncfs: yes)."""
         return self.method == "syncfs"
 
+    def covers_unrecorded(self) -> bool:
+        """Whether a commit makes durable what any thread or process writes under ``root`` now,
+        recorded or not: syncfs with nothing mounted below ``root`` (see :class:`Touched`). Then
+        folders may be made ahead, outside the batch that will use them."""
+        if not (self.enabled and self.method == "syncfs"):
+            return False
+        try:
+            device = os.stat(self.root).st_dev  # type: ignore[arg-type]
+        except OSError:
+            return False
+        return _mounts_below(os.fspath(self.root)) == [] and not _elsewhere_at_top(self.root, device)
+
     @property
     def _state(self) -> "_BatchState":
         state = getattr(self._local, "state", None)

@@ -28,8 +28,11 @@ class StateLock:
 
     def acquire(self, wait_seconds: float = 0.0) -> "StateLock":
         """Take the lock, waiting up to ``wait_seconds``; raise StoreLocked naming the holder if busy."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
+        except FileNotFoundError:  # a state directory not made yet
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o640)
         deadline = time.monotonic() + wait_seconds
         while True:
             try:
@@ -45,8 +48,10 @@ class StateLock:
                         + (f" held by pid {holder})" if holder else ")")
                     ) from None
                 time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        holder = f"{os.getpid()}\n".encode()
+        if os.pread(fd, 64, 0) != holder:  # the same process taking it again writes nothing: truncating
+            os.ftruncate(fd, 0)  # a file being written back by a group commit waits for the disk
+            os.pwrite(fd, holder, 0)
         self._fd = fd
         return self
 

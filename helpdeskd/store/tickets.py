@@ -7,7 +7,8 @@ Layout under the state directory::
     tickets/<id // 1000>/<id>/events.jsonl append-only history
     tickets/<id // 1000>/<id>/mail/<n>-<key>.eml   raw messages, never modified
     index/keys/<k[:2]>/<k[2:4]>/<k>       message key → decision record (JSON), see helpdeskd.cycle
-    index/msgid/<h[:2]>/<h[2:4]>/<h>      sha1(Message-ID) → ticket id
+    index/msgid/<h[:2]>/<h[2:4]>/<h>      sha1(Message-ID) → ticket id (as text, or a hard link to the
+                                           claim of the message that has it, which names the ticket)
 
 Ticket folders are grouped by thousands (a shard holds at most 1,000 tickets; ``tickets/`` itself holds
 one shard per thousand, 1,000 at a million tickets). Index entries are hashed into 65,536 buckets, so a
@@ -258,16 +259,42 @@ class TicketStore:
         ensure_dir(os.path.dirname(path), sync=self.sync)
         write_new(path, json.dumps(record, sort_keys=True).encode(), sync=self.sync)
 
-    def index_message_id(self, message_id: str, ticket_id: int) -> None:
+    def index_message_id(self, message_id: str, ticket_id: int, claim_key: str = "") -> None:
+        """Record that ``message_id`` is filed in ``ticket_id``. ``claim_key``: the key of the message
+        whose claim names that ticket; the entry is then a second name (a hard link) of that claim —
+        no new file, which is what costs on ext4 — else, or where linking fails, the id as text."""
         if not message_id:
             return
         if self.find_by_message_id(message_id) == ticket_id:
             return  # already there (filing indexes early, then again when it completes)
         path = self._msgid_path(message_id)
         ensure_dir(os.path.dirname(path), sync=self.sync)
-        write_new(path, f"{ticket_id}\n".encode(), sync=self.sync)
+        if not (claim_key and self._link_claim(claim_key, path)):
+            write_new(path, f"{ticket_id}\n".encode(), sync=self.sync)
         if self._unit.depth:
             self._unit.msgids[_msgid_key(message_id)] = ticket_id
+
+    def _link_claim(self, key: str, path: str) -> bool:
+        """Make ``path`` a new name of the claim of ``key`` (whose content is durable already, or
+        in the same group commit); False when it exists already or cannot be linked here."""
+        try:
+            os.link(self._key_path(key), path)
+        except OSError:  # an entry for another ticket, no claim, another file system, no hard links
+            return False
+        self.sync.directory(os.path.dirname(path))
+        return True
+
+    def prepare_index(self, keys: list[str], message_ids: list[str]) -> None:
+        """Make the index folders that claims for ``keys`` and entries for ``message_ids`` will go
+        in, ahead of filing them (from another thread, while the filing thread is busy): a young
+        store makes two folders per message, and making them is most of what its index costs.
+        Only where the next group commit covers folders nobody recorded (``Syncer.covers_unrecorded``,
+        checked by the caller); without syncing, nor recording them in any batch. Raises OSError."""
+        folders = {os.path.dirname(self._key_path(key)) for key in keys}
+        folders.update(os.path.dirname(self._msgid_path(m)) for m in message_ids if m)
+        for folder in sorted(folders):
+            if not os.path.isdir(folder):
+                os.makedirs(folder, exist_ok=True)
 
     def find_by_message_id(self, message_id: str) -> int | None:
         if not message_id:
@@ -275,11 +302,13 @@ class TicketStore:
         unit, key = self._unit, _msgid_key(message_id)
         if key in unit.msgids:
             return unit.msgids[key]
+        found: int | None = None
         try:
             with open(self._msgid_path(message_id), "rb") as file:
-                found: int | None = int(file.read().strip())
-        except (FileNotFoundError, ValueError):
-            found = None
+                text = file.read().strip()
+            found = int(json.loads(text)["ticket"]) if text.startswith(b"{") else int(text)
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            pass  # no entry, or one cut short by a crash: rebuilt by fsck, written again by filing
         if unit.depth:
             unit.msgids[key] = found
         return found
