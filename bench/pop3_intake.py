@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import poplib
 import random
 import resource
@@ -78,8 +79,6 @@ def child_floor(host: str, port: int, user: str, password: str, tls: bool, ca: s
 
 
 def child_helpdeskd(config: str, no_fsync: bool = False, profile: str = "") -> dict:
-    import os
-
     if no_fsync:  # a what-if, never a setting: how fast the same path runs when durability costs nothing
         from helpdeskd.store import fsutil
 
@@ -95,15 +94,31 @@ def child_helpdeskd(config: str, no_fsync: bool = False, profile: str = "") -> d
     runtime = load(Path(config))
     svc = Services.open(runtime.config, runtime.templates)
     profiler = _inline_profiler() if profile else None
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), os.times()
     result = poll_pop3_fully(runtime.config.mailboxes[0], svc)
     seconds = time.perf_counter() - started
+    cpu_seconds = sum(os.times()[:2]) - sum(cpu[:2])  # user + system, all threads of this process
     if profiler:
         profiler.disable()
         profiler.dump_stats(profile)
     assert result.error is None, result.error
+    helper_cpu = _helper_cpu_seconds()
     return {"messages": sum(result.counts.values()), "seconds": seconds, "counts": result.counts,
-            "helper_rss_mb": _helper_rss_mb()}
+            "cpu_seconds": cpu_seconds, "helper_cpu_seconds": helper_cpu, "helper_rss_mb": _helper_rss_mb()}
+
+
+def _helper_cpu_seconds() -> float:
+    """User + system CPU time of the helper process so far (it was started during this run)."""
+    from helpdeskd import helper
+
+    pool, total = helper._pool, 0.0
+    for pid in list(pool._processes) if pool is not None else []:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def _helper_rss_mb() -> float:
@@ -251,12 +266,13 @@ def main() -> None:
         shutil.rmtree(base, ignore_errors=True)
     print(f"N={args.n}  (peak RSS of the measuring child process, and of helpdeskd's helper process)")
     print(f"{'transport':10} {'floor msg/s':>12} {'helpdeskd msg/s':>16} {'b/a':>6} {'floor RSS':>10} {'ours RSS':>10}"
-          f" {'helper RSS':>11}")
+          f" {'helper RSS':>11} {'CPU ms/msg ours+helper':>23}")
     for r in rows:
         fa, fb = r["floor"], r["helpdeskd"]
         a, b = fa["messages"] / fa["seconds"], fb["messages"] / fb["seconds"]
+        cpu = f"{1000 * fb['cpu_seconds'] / fb['messages']:.2f} + {1000 * fb['helper_cpu_seconds'] / fb['messages']:.2f}"
         print(f"{r['protocol']:10} {a:12.0f} {b:16.1f} {b / a:6.3f} {fa['rss_mb']:8.1f}MB {fb['rss_mb']:8.1f}MB"
-              f" {fb['helper_rss_mb']:9.1f}MB")
+              f" {fb['helper_rss_mb']:9.1f}MB {cpu:>23}")
         if "what_if_no_fsync" in r:
             w = r["what_if_no_fsync"]
             c = w["messages"] / w["seconds"]
