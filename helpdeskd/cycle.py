@@ -226,6 +226,7 @@ def _file(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: str,
           svc: Services) -> tuple[Ticket, bool]:
     """Store the raw mail, its history entry, the changes it brings, and the ticket's new state once."""
     if ticket.has_key(message.key):
+        _restore(ticket, message, raw, claim, words, svc)
         svc.store.index_message_id(message.message_id, ticket.id, message.key)  # a crash may have come first
         return ticket, False
     name = svc.store.store_mail(ticket, message.key, raw)
@@ -243,6 +244,20 @@ def _file(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: str,
     svc.store.save(ticket)
     svc.store.index_message_id(message.message_id, ticket.id, message.key)
     return ticket, True
+
+
+def _restore(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: str, svc: Services) -> None:
+    """The metadata lists the message as filed. Without a journal, a power failure before the group
+    commit may have kept it and lost what was written just before it — the raw mail, its history
+    line — since nothing within a commit is ordered: put back what is missing (each once)."""
+    recorded = next((e for e in svc.store.events(ticket.id) if e.get("type") == "message"
+                     and e.get("ref") == message.key), None)
+    # the name it had: as recorded, or by its place among the ticket's messages (numbered as filed)
+    number = ticket.message_keys.index(message.key) + 1
+    name = str(recorded.get("file", "")) if recorded else f"{number:04d}-{message.key}.eml"
+    name = svc.store.store_mail(ticket, message.key, raw, name=name)
+    if recorded is None:
+        event_once(svc, ticket.id, _message_event(message, name, claim, words))
 
 
 def own_words(message: Message, claim: dict) -> str:

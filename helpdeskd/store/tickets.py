@@ -71,8 +71,9 @@ class TicketStore:
     def unit(self) -> Iterator[None]:
         """One message's work, under the write lock: histories and Message-ID answers are read once and
         kept up to date in memory, and a ticket's new events are appended together — before its
-        metadata is saved (whose presence tells a re-run that the message was filed), the rest when
-        the unit ends, even by an error. Every event is idempotent by its ref, so an event lost to a
+        metadata is saved (whose presence tells a re-run that the message was filed; a power failure
+        may still keep the metadata and lose what came before it, which the re-run restores: see
+        ``cycle._restore``), the rest when the unit ends, even by an error. Every event is idempotent by its ref, so an event lost to a
         crash before that append is written again when the message is filed again."""
         unit = self._unit
         unit.depth += 1
@@ -175,8 +176,9 @@ class TicketStore:
         self._write_events(ticket.id)  # history first: saved metadata tells a re-run the mail is filed
         atomic_write(f"{folder}/ticket.toml", tomli_w.dumps(ticket_to_dict(ticket)).encode(), sync=self.sync)
 
-    def store_mail(self, ticket: Ticket, key: str, raw: bytes) -> str:
-        """Keep raw bytes under ``mail/``; returns the file name. Storing the same key twice is a no-op."""
+    def store_mail(self, ticket: Ticket, key: str, raw: bytes, name: str = "") -> str:
+        """Keep raw bytes under ``mail/``; returns the file name. Storing the same key twice is a no-op.
+        ``name``: the name the history gives it (restoring a lost file), else the next number's."""
         mail = f"{self._ticket_dir(ticket.id)}/mail"
         if os.path.isdir(mail):  # (a new ticket's is made below, empty)
             suffix = f"-{key}.eml"
@@ -186,7 +188,8 @@ class TicketStore:
                 return existing
         else:
             ensure_dir(mail, sync=self.sync)
-        name = f"{ticket.mail_count + 1:04d}-{key}.eml"
+        if not (name.endswith(f"-{key}.eml") and "/" not in name):
+            name = f"{ticket.mail_count + 1:04d}-{key}.eml"
         create_exclusive(f"{mail}/{name}", raw, sync=self.sync)
         return name
 
