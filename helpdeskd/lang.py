@@ -23,7 +23,7 @@ _WORD = re.compile(r"[a-záéíóúñü]+")
 def guess_language(text: str, sample: int = 2000) -> str | None:
     """Spanish or English by counting marker words in the first ``sample`` characters; None if unclear."""
     words = _WORD.findall(text[:sample].lower())
-    scores = {lang: sum(1 for w in words if w in markers) for lang, markers in _MARKERS.items()}
+    scores = {lang: sum(map(markers.__contains__, words)) for lang, markers in _MARKERS.items()}
     if any(ch in text[:sample] for ch in "ñ¿¡"):
         scores["es"] += 3
     best = max(scores, key=scores.__getitem__)

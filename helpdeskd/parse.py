@@ -126,6 +126,9 @@ _CONTAINER = re.compile(rb"boundary\s*=|content-type:\s*message/", re.IGNORECASE
 
 def _too_many_containers(raw: bytes, limit: int) -> bool:
     """Cheap upper bound on MIME containers, stopping as soon as the limit is passed."""
+    lowered = raw.lower()  # every match holds one of these words: counting them is a looser bound, ~20x faster
+    if lowered.count(b"boundary") + lowered.count(b"message/") <= limit:
+        return False
     for count, _ in enumerate(_CONTAINER.finditer(raw), start=1):
         if count > limit:
             return True

@@ -582,3 +582,11 @@ def test_a_plain_mail_that_mentions_message_types_keeps_its_body() -> None:
            + body + "\r\n").encode()
     message = parse(raw, Limits())
     assert "message/399" in message.text and not any("containers" in d for d in message.defects)
+
+
+@pytest.mark.parametrize("header", ["Content-Type: multipart/mixed; boundary=", "CONTENT-TYPE: MULTIPART/MIXED; BOUNDARY ="])
+def test_a_mail_with_more_containers_than_parts_allowed_is_not_walked(header: str) -> None:
+    parts = "".join(f"--b{i}\r\n{header}b{i + 1}\r\n\r\n" for i in range(5))
+    raw = f"From: ana@cliente.es\r\nSubject: nested\r\nMIME-Version: 1.0\r\n{header}b0\r\n\r\n{parts}".encode()
+    assert "too many MIME containers (limit 4); body not read" in parse(raw, Limits(max_parts=4)).defects
+    assert not any("containers" in d for d in parse(raw, Limits(max_parts=6)).defects)
