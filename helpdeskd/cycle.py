@@ -216,10 +216,13 @@ def _create(claim: dict, svc: Services, source: str) -> Ticket:
         origin_role=new.get("role", ""), origin_domain=new.get("domain", ""), origin_reseller=new.get("reseller", ""),
     )
     # Saved by _file together with its first message: one metadata write instead of two.
-    event_once(svc, ticket.id, {"type": "created", "ref": "created", "queue": ticket.queue,
-                                "priority": ticket.priority, "category": ticket.category,
-                                "linked": list(ticket.linked), "collaborators": list(ticket.collaborators)})
+    event_once(svc, ticket.id, _created_event(ticket))
     return ticket
+
+
+def _created_event(ticket: Ticket) -> dict:
+    return {"type": "created", "ref": "created", "queue": ticket.queue, "priority": ticket.priority,
+            "category": ticket.category, "linked": list(ticket.linked), "collaborators": list(ticket.collaborators)}
 
 
 def _file(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: str,
@@ -248,14 +251,19 @@ def _file(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: str,
 
 def _restore(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: str, svc: Services) -> None:
     """The metadata lists the message as filed. Without a journal, a power failure before the group
-    commit may have kept it and lost what was written just before it — the raw mail, its history
-    line — since nothing within a commit is ordered: put back what is missing (each once)."""
+    commit may have kept it and lost (or cut short) what was written just before it — the raw mail,
+    the history — since nothing within a commit is ordered: put back what is missing, each once.
+    (Not on the hot path: only a message filed before comes here.) A new ticket's "created" entry
+    and the message's own are written again; the changes it made stand in the metadata, without
+    their history lines."""
     recorded = next((e for e in svc.store.events(ticket.id) if e.get("type") == "message"
                      and e.get("ref") == message.key), None)
     # the name it had: as recorded, or by its place among the ticket's messages (numbered as filed)
     number = ticket.message_keys.index(message.key) + 1
     name = str(recorded.get("file", "")) if recorded else f"{number:04d}-{message.key}.eml"
-    name = svc.store.store_mail(ticket, message.key, raw, name=name)
+    name = svc.store.store_mail(ticket, message.key, raw, name=name, repair=True)
+    if claim["action"] == "new":
+        event_once(svc, ticket.id, _created_event(ticket))
     if recorded is None:
         event_once(svc, ticket.id, _message_event(message, name, claim, words))
 

@@ -183,7 +183,7 @@ def test_crash_at_any_step_then_refile_gives_one_ticket_one_ack(svc, monkeypatch
     assert [e.get("template") for e in events if e["type"] == "reply_queued"].count("ack_new") == 1
 
 
-@pytest.mark.parametrize("lost", ["mail", "history", "both"])
+@pytest.mark.parametrize("lost", ["mail", "history", "both", "cut short", "whole history"])
 def test_refiling_restores_what_a_power_failure_lost_behind_saved_metadata(svc, lost):
     """Without a journal, a power failure before the group commit may keep ticket.toml (which lists
     the message as filed) and lose the raw mail or its history line, written just before it: filing
@@ -194,15 +194,20 @@ def test_refiling_restores_what_a_power_failure_lost_behind_saved_metadata(svc, 
     [eml] = list((folder / "mail").iterdir())
     if lost in ("mail", "both"):
         eml.unlink()
+    if lost == "cut short":
+        eml.write_bytes(raw[:10])
     if lost in ("history", "both"):
         events = (folder / "events.jsonl").read_bytes().splitlines(keepends=True)
         (folder / "events.jsonl").write_bytes(b"".join(e for e in events if b'"type": "message"' not in e))
+    if lost == "whole history":
+        (folder / "events.jsonl").unlink()
     again = file_message(inbound(raw), svc)
     assert again.ticket == first.ticket
     assert [(p.name, p.read_bytes()) for p in (folder / "mail").iterdir()] == [(eml.name, raw)]  # as it was
     messages = [e for e in svc.store.events(first.ticket) if e["type"] == "message"]
     assert len(messages) == 1 and (folder / "mail" / messages[0]["file"]).read_bytes() == raw
     assert svc.store.get(first.ticket).mail_count == 1 and len(outbox_entries(svc)) == 1
+    assert [e["type"] for e in svc.store.events(first.ticket)].count("created") == 1
     file_message(inbound(raw), svc)  # and again: nothing more
     assert len(list((folder / "mail").iterdir())) == 1
     assert [e["type"] for e in svc.store.events(first.ticket)].count("message") == 1

@@ -176,15 +176,19 @@ class TicketStore:
         self._write_events(ticket.id)  # history first: saved metadata tells a re-run the mail is filed
         atomic_write(f"{folder}/ticket.toml", tomli_w.dumps(ticket_to_dict(ticket)).encode(), sync=self.sync)
 
-    def store_mail(self, ticket: Ticket, key: str, raw: bytes, name: str = "") -> str:
+    def store_mail(self, ticket: Ticket, key: str, raw: bytes, name: str = "", repair: bool = False) -> str:
         """Keep raw bytes under ``mail/``; returns the file name. Storing the same key twice is a no-op.
-        ``name``: the name the history gives it (restoring a lost file), else the next number's."""
+        ``name``: the name the history gives it (restoring a lost file), else the next number's.
+        ``repair``: a file already there that is not ``raw`` (the key is a digest of the bytes, so it
+        was cut short by a power failure) is replaced."""
         mail = f"{self._ticket_dir(ticket.id)}/mail"
         if os.path.isdir(mail):  # (a new ticket's is made below, empty)
             suffix = f"-{key}.eml"
             with os.scandir(mail) as entries:  # not Path.glob: it compiles a pattern at every call
                 existing = next((entry.name for entry in entries if entry.name.endswith(suffix)), None)
             if existing is not None:
+                if repair and _read_bytes(f"{mail}/{existing}") != raw:
+                    atomic_write(f"{mail}/{existing}", raw, sync=self.sync)
                 return existing
         else:
             ensure_dir(mail, sync=self.sync)
@@ -315,6 +319,14 @@ class TicketStore:
         if unit.depth:
             unit.msgids[key] = found
         return found
+
+
+def _read_bytes(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except FileNotFoundError:
+        return None
 
 
 def _msgid_key(message_id: str) -> str:
