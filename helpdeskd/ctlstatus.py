@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .config import load_config
 from .errors import ConfigError
-from .health import FILED, IGNORED, age_seconds, attention, daemon_down, outbox_depth, read_status, total
+from .health import DUPLICATES, FILED, IGNORED, age_seconds, attention, daemon_down, outbox_depth, read_status, total
 from .runtime import config_path
 from .store.holding import Holding
 
@@ -103,7 +103,7 @@ def _show_mailbox(name: str, box: dict) -> None:
     counts = box.get("counts", {})
     print(f"mailbox {name} ({box.get('protocol')}): last poll {box.get('last_poll') or 'never'}, "
           f"last good poll {box.get('last_ok') or 'never'}")
-    print(f"  filed {total(counts, FILED)}, ignored {total(counts, IGNORED)}, "
+    print(f"  filed {total(counts, FILED)}, duplicates {total(counts, DUPLICATES)}, ignored {total(counts, IGNORED)}, "
           f"quarantined {counts.get('quarantined', 0)}, refused {counts.get('refused', 0)} (since start)"
           + (f", task restarts {box['restarts']}" if box.get("restarts") else ""))
     if box.get("last_error"):

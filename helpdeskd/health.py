@@ -22,7 +22,8 @@ from .store.outbox import outbox_depth as count_outbox
 STATUS_FILE = Path("status") / "daemon.json"
 # Actions (see cycle.Outcome) grouped the way an admin asks about them.
 FILED = ("new", "followup", "reopened", "staff_answer", "note", "rejected")
-IGNORED = ("duplicate", "ignored")
+DUPLICATES = ("duplicate",)  # a copy of a message filed before: nothing done, by design
+IGNORED = ("ignored",)  # loops, bounces, auto-replies: deliberately not filed
 NO_SYNC = Syncer(enabled=False)  # informative only: a crash may lose the last rewrite, nothing else
 STALE_AFTER = 120.0  # seconds without a rewrite before a reader calls the status stale (daemon hung or gone)
 

@@ -153,6 +153,14 @@ def test_status_file_is_replaced_whole_and_judged(tmp_path):
     assert "not running" in attention(status, {})[0]
 
 
+def test_status_tells_duplicates_from_ignored_mail(capsys):
+    from helpdeskd.ctlstatus import _show_mailbox
+
+    _show_mailbox("pop", {"protocol": "pop3s", "counts": {"new": 5, "followup": 2, "duplicate": 3, "ignored": 1,
+                                                          "quarantined": 1}})
+    assert "filed 7, duplicates 3, ignored 1, quarantined 1, refused 0" in capsys.readouterr().out
+
+
 # -- retired queue, priority, category ---------------------------------------------------------------------------
 
 

@@ -73,8 +73,9 @@ class TicketStore:
         kept up to date in memory, and a ticket's new events are appended together — before its
         metadata is saved (whose presence tells a re-run that the message was filed; a power failure
         may still keep the metadata and lose what came before it, which the re-run restores: see
-        ``cycle._restore``), the rest when the unit ends, even by an error. Every event is idempotent by its ref, so an event lost to a
-        crash before that append is written again when the message is filed again."""
+        ``cycle._restore``), the rest when the unit ends, even by an error. Every event is idempotent
+        by its ref, so an event lost to a crash before that append is written again when the message
+        is filed again."""
         unit = self._unit
         unit.depth += 1
         try:
