@@ -206,7 +206,12 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
 def _prepare_index(batch: _Batch, filing: Future, svc: Services) -> None:
     """While the filer is still at the batch before, make the index folders this one will need
     (``TicketStore.prepare_index``), once the helper has parsed it. Best effort: the filer makes
-    whatever is still missing, and reports any error."""
+    whatever is still missing, and reports any error.
+
+    These folders are written before this batch's syncfs descriptor is opened. The batch before's
+    commit hears of a writeback error on them if it comes first; one between that commit and this
+    batch's start would reach neither — a window of milliseconds, while the kernel writes back
+    on its own only what has been dirty for many seconds."""
     if batch.parsing is None:
         return
     wait([batch.parsing, filing], return_when=FIRST_COMPLETED)
