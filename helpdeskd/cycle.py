@@ -24,7 +24,7 @@ from .identity import code_candidates, code_key
 from .mailjob import Occasion
 from .mailout import queue_refusal, queue_sends, recent_autoreplies
 from .message import Inbound, Message
-from .parse import parse
+from .parse import message_key, parse
 from .quotes import new_text
 from .services import Services, event_once
 from .settings import Mailbox
@@ -261,7 +261,10 @@ def _restore(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: s
     # the name it had: as recorded, or by its place among the ticket's messages (numbered as filed)
     number = ticket.message_keys.index(message.key) + 1
     name = str(recorded.get("file", "")) if recorded else f"{number:04d}-{message.key}.eml"
-    name = svc.store.store_mail(ticket, message.key, raw, name=name, repair=True)
+    name = svc.store.store_mail(ticket, message.key, raw, name=name)
+    stored = svc.store.read_mail(ticket.id, name)
+    if stored is not None and message_key(message.message_id, stored) != message.key:  # the key digests the bytes
+        svc.store.replace_mail(ticket.id, name, raw)  # (up to line ends): these were cut short
     if claim["action"] == "new":
         event_once(svc, ticket.id, _created_event(ticket))
     if recorded is None:

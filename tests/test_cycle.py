@@ -213,6 +213,15 @@ def test_refiling_restores_what_a_power_failure_lost_behind_saved_metadata(svc, 
     assert [e["type"] for e in svc.store.events(first.ticket)].count("message") == 1
 
 
+def test_refiling_keeps_a_stored_mail_that_differs_only_in_line_ends(svc):
+    """The same message delivered with other line ends has the same key: what is stored stays."""
+    raw = mail().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    first = file_message(inbound(raw), svc)
+    [eml] = list((svc.store.ticket_dir(first.ticket) / "mail").iterdir())
+    assert file_message(inbound(raw.replace(b"\r\n", b"\n")), svc).action == "duplicate"
+    assert eml.read_bytes() == raw
+
+
 def test_subject_cannot_inject_headers(svc):
     raw = mail(subject="=?utf-8?q?hola=0D=0ABcc:_victim@example.org?=")
     file_safely(inbound(raw), svc)

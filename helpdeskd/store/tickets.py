@@ -177,19 +177,15 @@ class TicketStore:
         self._write_events(ticket.id)  # history first: saved metadata tells a re-run the mail is filed
         atomic_write(f"{folder}/ticket.toml", tomli_w.dumps(ticket_to_dict(ticket)).encode(), sync=self.sync)
 
-    def store_mail(self, ticket: Ticket, key: str, raw: bytes, name: str = "", repair: bool = False) -> str:
+    def store_mail(self, ticket: Ticket, key: str, raw: bytes, name: str = "") -> str:
         """Keep raw bytes under ``mail/``; returns the file name. Storing the same key twice is a no-op.
-        ``name``: the name the history gives it (restoring a lost file), else the next number's.
-        ``repair``: a file already there that is not ``raw`` (the key is a digest of the bytes, so it
-        was cut short by a power failure) is replaced."""
+        ``name``: the name the history gives it (restoring a lost file), else the next number's."""
         mail = f"{self._ticket_dir(ticket.id)}/mail"
         if os.path.isdir(mail):  # (a new ticket's is made below, empty)
             suffix = f"-{key}.eml"
             with os.scandir(mail) as entries:  # not Path.glob: it compiles a pattern at every call
                 existing = next((entry.name for entry in entries if entry.name.endswith(suffix)), None)
             if existing is not None:
-                if repair and _read_bytes(f"{mail}/{existing}") != raw:
-                    atomic_write(f"{mail}/{existing}", raw, sync=self.sync)
                 return existing
         else:
             ensure_dir(mail, sync=self.sync)
@@ -197,6 +193,17 @@ class TicketStore:
             name = f"{ticket.mail_count + 1:04d}-{key}.eml"
         create_exclusive(f"{mail}/{name}", raw, sync=self.sync)
         return name
+
+    def read_mail(self, ticket_id: int, name: str) -> bytes | None:
+        try:
+            with open(f"{self._ticket_dir(ticket_id)}/mail/{name}", "rb") as file:
+                return file.read()
+        except FileNotFoundError:
+            return None
+
+    def replace_mail(self, ticket_id: int, name: str, raw: bytes) -> None:
+        """Put ``raw`` back under ``name`` (a stored mail found damaged; see ``cycle._restore``)."""
+        atomic_write(f"{self._ticket_dir(ticket_id)}/mail/{name}", raw, sync=self.sync)
 
     def iter_ids(self) -> Iterator[int]:
         """Every ticket id that has a folder, in ascending order."""
@@ -320,14 +327,6 @@ class TicketStore:
         if unit.depth:
             unit.msgids[key] = found
         return found
-
-
-def _read_bytes(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except FileNotFoundError:
-        return None
 
 
 def _msgid_key(message_id: str) -> str:
