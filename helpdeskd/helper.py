@@ -23,6 +23,7 @@ import os
 import pickle
 import select
 import signal
+import sys
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -156,6 +157,7 @@ def _submit(function, *args) -> Future | None:
         with _lock:
             try:
                 if _pool is None:
+                    _quiet_resource_tracker()
                     _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"),
                                                 initializer=_exit_with, initargs=(os.getpid(),))
                 future = _pool.submit(function, *args)
@@ -166,6 +168,18 @@ def _submit(function, *args) -> Future | None:
             return future
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+_TRACKER_WARNINGS = "ignore:resource_tracker:UserWarning"
+
+
+def _quiet_resource_tracker() -> None:
+    """multiprocessing's resource tracker (a process started with the pool, sharing the daemon's
+    stderr) warns in plain text, when the daemon was killed, that it cleans up the pool's leaked
+    semaphores; the daemon's stderr is the journal, JSON lines only. It is started with the daemon's
+    ``-W`` options (``sys.warnoptions``): ignoring those warnings there is the one way in."""
+    if _TRACKER_WARNINGS not in sys.warnoptions:
+        sys.warnoptions.append(_TRACKER_WARNINGS)
 
 
 def _answer(future: Future | None) -> list | None:
