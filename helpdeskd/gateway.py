@@ -279,7 +279,8 @@ def _file_locked(batch: _Batch | None, mailbox: Mailbox, svc: Services, ledger: 
             try:
                 try:
                     if batch is not None:
-                        _file_each(batch, mailbox, svc, ledger, result, current)
+                        earlier = frozenset(job.out_id for filed in pending for job, _ in filed.jobs)
+                        _file_each(batch, mailbox, svc, ledger, result, current, earlier)
                 except TransientError as exc:
                     failure = exc
                 except OSError as exc:
@@ -298,12 +299,13 @@ def _file_locked(batch: _Batch | None, mailbox: Mailbox, svc: Services, ledger: 
 
 
 def _file_each(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, result: Pop3Result,
-               current: _Filed) -> None:
-    """File each message; with the helper, the mail each asks for is collected in ``current.jobs``."""
+               current: _Filed, earlier: frozenset[str]) -> None:
+    """File each message; with the helper, the mail each asks for is collected in ``current.jobs``
+    (not what the batch before asked for already: ``earlier``, its jobs' outbox ids)."""
     messages = helper.parsed(batch.parsing, len(batch.raws))
     jobs: list[MailJob] = []  # the whole batch's: a second copy of a message asks for nothing more
-    with svc.store.ids_reserved(len(batch.items)), (collecting(jobs) if svc.config.mail_gateway.helper_process
-                                                    else contextlib.nullcontext()):
+    collect = collecting(jobs, earlier) if svc.config.mail_gateway.helper_process else contextlib.nullcontext()
+    with svc.store.ids_reserved(len(batch.items)), collect:
         for item, raw, message in zip(batch.items, batch.raws, messages):
             if raw is None:
                 log.warning("pop3_retr_refused", mailbox=mailbox.name, uid=item.uid, number=item.number)

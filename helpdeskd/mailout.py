@@ -54,15 +54,17 @@ _collector = threading.local()
 
 
 @contextmanager
-def collecting(jobs: list[MailJob]) -> Iterator[None]:
+def collecting(jobs: list[MailJob], earlier: frozenset[str] = frozenset()) -> Iterator[None]:
     """Within the block (this thread), mail to queue is appended to ``jobs`` instead of being
-    composed and queued; the caller passes each job's :func:`compose_job` result to :func:`finish_job`."""
-    outer = getattr(_collector, "jobs", None)
-    _collector.jobs = jobs
+    composed and queued; the caller passes each job's :func:`compose_job` result to :func:`finish_job`.
+    ``earlier``: outbox ids of jobs collected before and not finished yet (the batch before's): asked
+    for again, by another copy of the same message, they are not collected twice."""
+    outer = getattr(_collector, "jobs", None), getattr(_collector, "earlier", frozenset())
+    _collector.jobs, _collector.earlier = jobs, earlier
     try:
         yield
     finally:
-        _collector.jobs = outer
+        _collector.jobs, _collector.earlier = outer
 
 
 def queue_sends(svc: Services, ticket: Ticket, sends: list[Send], occasion: Occasion) -> int:
@@ -85,7 +87,7 @@ def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occ
         return 0
     collected = getattr(_collector, "jobs", None)
     if collected is not None:
-        if any(other.out_id == out_id for other in collected):
+        if out_id in _collector.earlier or any(other.out_id == out_id for other in collected):
             return 0  # asked for already (another copy of the same message): queued once
         before_enqueue(svc, person.addr, out_id, send.kind)
         collected.append(job)

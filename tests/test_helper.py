@@ -371,6 +371,31 @@ def test_mail_the_helper_queued_and_the_sender_sent_is_not_queued_again(svc):
     assert [write_job(svc.config, svc.templates, svc.outbox, job).created for job in jobs] == [False, False]
 
 
+def test_a_copy_in_the_next_batch_is_a_duplicate_while_the_first_ones_mail_is_composed(svc):
+    from helpdeskd.cycle import file_safely
+    from helpdeskd.mailout import collecting
+
+    earlier: list = []
+    with collecting(earlier):
+        first = file_safely(Inbound("t", "1", SPANISH), svc)
+    later: list = []  # the next batch, while the helper composes the first one's mail
+    with collecting(later, frozenset(job.out_id for job in earlier)):
+        second = file_safely(Inbound("t", "2", SPANISH), svc)
+    assert (first.action, second.action) == ("new", "duplicate") and later == []
+
+
+@pop3
+def test_pop3_counts_a_copy_in_the_next_batch_as_a_duplicate(dovecot, tmp_path):
+    box = Box(dovecot, tmp_path)
+    first, *others = many(7)
+    box.put(first, *others[:3], first, *others[3:])  # the copy opens the second batch of four
+    svc = services(tmp_path, box.entry(batch=4))
+    svc.config = with_helper(svc.config, True)
+    result = poll_pop3(svc.config.mailboxes[0], svc)
+    assert result.error is None and result.counts == {"new": 7, "duplicate": 1} and box.left == 0
+    assert len(tickets(svc)) == 7 and len(answers(svc)) == 7
+
+
 def test_an_identical_copy_in_the_same_batch_asks_for_its_mail_once(svc):
     from helpdeskd.cycle import file_safely
     from helpdeskd.mailout import collecting
