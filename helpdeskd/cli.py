@@ -146,7 +146,7 @@ def cmd_deliver(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
 
 def cmd_fsck(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
     with StateLock(runtime.config.helpdesk.state_dir, WRITE).acquire(wait_seconds=args.wait):
-        report = fsck(runtime.config.helpdesk.state_dir, rebuild=not args.check_only)
+        report = fsck(runtime.config.helpdesk.state_dir, rebuild=not args.check_only, verify_mail=args.verify_mail)
     for line in report.repaired:
         print(f"repaired: {line}")
     for line in report.problems:
@@ -176,6 +176,8 @@ def _parser() -> argparse.ArgumentParser:
         func=cmd_check_config)
     fsck_p = sub.add_parser("fsck", parents=[common], help="check the store and rebuild its indexes")
     fsck_p.add_argument("--check-only", action="store_true", help="report, change nothing")
+    fsck_p.add_argument("--verify-mail", action="store_true",
+                        help="also read every raw mail and check it against its message key (slower)")
     fsck_p.set_defaults(func=cmd_fsck)
     for p in (deliver, fsck_p):
         p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the state lock (default 30)")

@@ -87,6 +87,11 @@ def test_fsck_reports_what_it_checked_and_indexed(tmp_path):
     rebuilt = helpdeskd("fsck", "-c", str(config))
     assert rebuilt.returncode == 0
     assert rebuilt.stdout.decode().strip() == "1 tickets checked, 1 Message-IDs and 1 message keys indexed, 0 problems"
+    [eml] = (tmp_path / "state" / "tickets" / "0" / "1" / "mail").iterdir()
+    eml.write_bytes(b"")
+    assert helpdeskd("fsck", "-c", str(config), "--check-only").returncode == 0  # not read without asking
+    verified = helpdeskd("fsck", "-c", str(config), "--check-only", "--verify-mail")
+    assert verified.returncode == 1 and "does not match its message key" in verified.stdout.decode()
 
 
 def test_deliver_asks_the_mta_to_retry_on_a_bad_config(tmp_path):

@@ -180,6 +180,21 @@ def test_fsck_reports_missing_mail(svc):
     assert len(report.problems) == 1 and "missing" in report.problems[0]
 
 
+def test_fsck_reports_what_a_power_failure_can_leave_behind_saved_metadata(svc):
+    for n in range(3):
+        file_safely(Inbound("t", str(n), mail(message_id=f"<m{n}@cliente.es>", body=f"texto {n}")), svc)
+    state = svc.config.helpdesk.state_dir
+    assert fsck(state, rebuild=False, verify_mail=True).problems == []
+    [eml] = list((svc.store.ticket_dir(1) / "mail").iterdir())
+    eml.write_bytes(eml.read_bytes()[:40])  # cut short
+    (svc.store.ticket_dir(2) / "events.jsonl").unlink()  # lost whole
+    problems = fsck(state, rebuild=False).problems
+    assert len(problems) == 2 and all(p.startswith("ticket #2: its history has no") for p in problems)
+    problems = fsck(state, rebuild=False, verify_mail=True).problems
+    assert problems[0] == f"ticket #1: raw mail {eml.name} does not match its message key (cut short?)"
+    assert len(problems) == 3
+
+
 def test_group_commit_defers_fsyncs_to_the_end_of_the_batch(tmp_path, monkeypatch):
     from helpdeskd.store import fsutil
 

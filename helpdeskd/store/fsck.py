@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PermanentError
+from ..parse import parse
 from .fsutil import ensure_dir
 from .holding import Holding
 from .tickets import TicketStore
@@ -21,10 +22,12 @@ class FsckReport:
     indexed_message_ids: int = 0
 
 
-def fsck(state_dir: Path, *, rebuild: bool = True) -> FsckReport:
+def fsck(state_dir: Path, *, rebuild: bool = True, verify_mail: bool = False) -> FsckReport:
     """Check every ticket folder; with ``rebuild`` recreate the Message-ID index and missing claims.
 
-    Problems that need a person (unreadable metadata, missing mail files) are reported, not "fixed".
+    Problems that need a person (unreadable metadata, missing mail files or history entries) are
+    reported, not "fixed". ``verify_mail``: also read every raw mail and check it against its
+    message key (a digest of its bytes): a file cut short by a power failure shows there.
     """
     store, report = TicketStore(state_dir), FsckReport()
     if rebuild:
@@ -34,14 +37,15 @@ def fsck(state_dir: Path, *, rebuild: bool = True) -> FsckReport:
     with store.sync.batch():  # one commit for the whole rebuild, not two fsyncs per index entry
         for ticket_id in store.iter_ids():
             highest = max(highest, ticket_id)
-            _check_ticket(store, ticket_id, report, rebuild)
+            _check_ticket(store, ticket_id, report, rebuild, verify_mail)
         _check_seq(store, highest, report)
         if rebuild:
             _claim_refused(store, Holding(state_dir, "refused", store.sync), report)
     return report
 
 
-def _check_ticket(store: TicketStore, ticket_id: int, report: FsckReport, rebuild: bool) -> None:
+def _check_ticket(store: TicketStore, ticket_id: int, report: FsckReport, rebuild: bool,
+                  verify_mail: bool = False) -> None:
     try:
         ticket = store.get(ticket_id)
     except PermanentError as exc:
@@ -52,9 +56,19 @@ def _check_ticket(store: TicketStore, ticket_id: int, report: FsckReport, rebuil
         return
     report.tickets += 1
     mail = store.ticket_dir(ticket_id) / "mail"
+    history = store.events(ticket_id)
+    logged = {event.get("ref") for event in history if event.get("type") == "message"}
+    if ticket.message_keys and not any(event.get("type") == "created" for event in history):
+        report.problems.append(f"ticket #{ticket_id}: its history has no 'created' entry (events.jsonl lost?)")
     for key in ticket.message_keys:
-        if next(mail.glob(f"*-{key}.eml"), None) is None:
+        found = next(mail.glob(f"*-{key}.eml"), None)
+        if found is None:
             report.problems.append(f"ticket #{ticket_id}: raw mail for message key {key} is missing")
+        elif verify_mail and parse(found.read_bytes()).key != key:
+            report.problems.append(f"ticket #{ticket_id}: raw mail {found.name} does not match its message key"
+                                   " (cut short?)")
+        if key not in logged:
+            report.problems.append(f"ticket #{ticket_id}: its history has no entry for message key {key}")
     if rebuild:
         _reindex(store, ticket, report)
 
