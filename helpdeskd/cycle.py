@@ -181,15 +181,15 @@ def _apply(message: Message, inbound: Inbound, claim: dict, svc: Services, *, ag
     if ticket is None:
         raise LookupError(f"ticket #{claim['ticket']} recorded for this message no longer exists")
     words = own_words(message, claim)
-    ticket, added = _file(ticket, message, inbound.raw, claim, words, svc)
+    ticket, added, restored = _file(ticket, message, inbound.raw, claim, words, svc)
     for note in claim["notes"]:
         event_once(svc, ticket.id, {"type": "note", "ref": message.key, "text": note, "by": "helpdeskd"})
     queued = queue_sends(svc, ticket, sends, _occasion(message, claim, words, ticket.escalated))
     action = _outcome_name(claim)
     if again and not added and not queued:
         action = "duplicate"
-    reply = None if action == "duplicate" else reply_template(sends)
-    detail = "; ".join([*claim["notes"], *claim.get("errors", ())])
+    reply = None if action == "duplicate" or (again and not queued) else reply_template(sends)
+    detail = "; ".join([*claim["notes"], *claim.get("errors", ()), *restored])
     return Outcome(action, ticket.id, message.message_id, reply, detail)
 
 
@@ -226,12 +226,14 @@ def _created_event(ticket: Ticket) -> dict:
 
 
 def _file(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: str,
-          svc: Services) -> tuple[Ticket, bool]:
-    """Store the raw mail, its history entry, the changes it brings, and the ticket's new state once."""
+          svc: Services) -> tuple[Ticket, bool, list[str]]:
+    """Store the raw mail, its history entry, the changes it brings, and the ticket's new state once.
+    Returns the ticket, whether the message was added now, and what of it was restored (see
+    :func:`_restore`)."""
     if ticket.has_key(message.key):
-        _restore(ticket, message, raw, claim, words, svc)
+        restored = _restore(ticket, message, raw, claim, words, svc)
         svc.store.index_message_id(message.message_id, ticket.id, message.key)  # a crash may have come first
-        return ticket, False
+        return ticket, False, restored
     name = svc.store.store_mail(ticket, message.key, raw)
     event_once(svc, ticket.id, _message_event(message, name, claim, words))
     by = message.sender.addr if message.sender else ""
@@ -246,29 +248,38 @@ def _file(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: str,
     )
     svc.store.save(ticket)
     svc.store.index_message_id(message.message_id, ticket.id, message.key)
-    return ticket, True
+    return ticket, True, []
 
 
-def _restore(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: str, svc: Services) -> None:
+def _restore(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: str, svc: Services) -> list[str]:
     """The metadata lists the message as filed. Without a journal, a power failure before the group
     commit may have kept it and lost (or cut short) what was written just before it — the raw mail,
     the history — since nothing within a commit is ordered: put back what is missing, each once.
     (Not on the hot path: only a message filed before comes here.) A new ticket's "created" entry
     and the message's own are written again; the changes it made stand in the metadata, without
-    their history lines."""
-    recorded = next((e for e in svc.store.events(ticket.id) if e.get("type") == "message"
-                     and e.get("ref") == message.key), None)
+    their history lines. Returns what was put back, for the log."""
+    history = svc.store.events(ticket.id)
+    recorded = next((e for e in history if e.get("type") == "message" and e.get("ref") == message.key), None)
     # the name it had: as recorded, or by its place among the ticket's messages (numbered as filed)
     number = ticket.message_keys.index(message.key) + 1
     name = str(recorded.get("file", "")) if recorded else f"{number:04d}-{message.key}.eml"
-    name = svc.store.store_mail(ticket, message.key, raw, name=name)
-    stored = svc.store.read_mail(ticket.id, name)
-    if stored is not None and message_key(message.message_id, stored) != message.key:  # the key digests the bytes
-        svc.store.replace_mail(ticket.id, name, raw)  # (up to line ends): these were cut short
-    if claim["action"] == "new":
+    restored = []
+    existing = svc.store.find_mail(ticket.id, message.key)
+    if existing is None:
+        name = svc.store.store_mail(ticket, message.key, raw, name=name)
+        restored.append(f"raw mail {name} restored")
+    else:
+        name, stored = existing, svc.store.read_mail(ticket.id, existing)
+        if stored is None or message_key(message.message_id, stored) != message.key:  # the key digests
+            svc.store.replace_mail(ticket.id, name, raw)  # the bytes (up to line ends): these were cut short
+            restored.append(f"raw mail {name} restored (it was cut short)")
+    if claim["action"] == "new" and not any(e.get("type") == "created" for e in history):
         event_once(svc, ticket.id, _created_event(ticket))
+        restored.append("history entry 'created' restored")
     if recorded is None:
         event_once(svc, ticket.id, _message_event(message, name, claim, words))
+        restored.append("history entry of the message restored")
+    return restored
 
 
 def own_words(message: Message, claim: dict) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -202,15 +203,27 @@ def test_refiling_restores_what_a_power_failure_lost_behind_saved_metadata(svc, 
     if lost == "whole history":
         (folder / "events.jsonl").unlink()
     again = file_message(inbound(raw), svc)
-    assert again.ticket == first.ticket
+    assert (again.action, again.ticket, again.reply) == ("duplicate", first.ticket, None)
+    expected = {"mail": ["raw mail"], "cut short": ["raw mail", "cut short"], "history": ["message restored"],
+                "both": ["raw mail", "message restored"], "whole history": ["'created' restored", "message restored"]}
+    assert all(part in again.detail for part in expected[lost]), again.detail
     assert [(p.name, p.read_bytes()) for p in (folder / "mail").iterdir()] == [(eml.name, raw)]  # as it was
     messages = [e for e in svc.store.events(first.ticket) if e["type"] == "message"]
     assert len(messages) == 1 and (folder / "mail" / messages[0]["file"]).read_bytes() == raw
     assert svc.store.get(first.ticket).mail_count == 1 and len(outbox_entries(svc)) == 1
     assert [e["type"] for e in svc.store.events(first.ticket)].count("created") == 1
-    file_message(inbound(raw), svc)  # and again: nothing more
+    assert "restored" not in file_message(inbound(raw), svc).detail  # and again: nothing more
     assert len(list((folder / "mail").iterdir())) == 1
     assert [e["type"] for e in svc.store.events(first.ticket)].count("message") == 1
+
+
+def test_a_ticket_folder_lost_whole_is_filed_again_without_a_second_answer(svc):
+    raw = mail()
+    first = file_message(inbound(raw), svc)
+    shutil.rmtree(svc.store.ticket_dir(first.ticket))
+    again = file_message(inbound(raw), svc)
+    assert (again.action, again.ticket, again.reply) == ("new", first.ticket, None)  # nothing queued now
+    assert svc.store.get(first.ticket).message_keys == (parse(raw).key,) and len(outbox_entries(svc)) == 1
 
 
 def test_refiling_keeps_a_stored_mail_that_differs_only_in_line_ends(svc):

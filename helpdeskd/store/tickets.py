@@ -182,9 +182,7 @@ class TicketStore:
         ``name``: the name the history gives it (restoring a lost file), else the next number's."""
         mail = f"{self._ticket_dir(ticket.id)}/mail"
         if os.path.isdir(mail):  # (a new ticket's is made below, empty)
-            suffix = f"-{key}.eml"
-            with os.scandir(mail) as entries:  # not Path.glob: it compiles a pattern at every call
-                existing = next((entry.name for entry in entries if entry.name.endswith(suffix)), None)
+            existing = self.find_mail(ticket.id, key)
             if existing is not None:
                 return existing
         else:
@@ -193,6 +191,15 @@ class TicketStore:
             name = f"{ticket.mail_count + 1:04d}-{key}.eml"
         create_exclusive(f"{mail}/{name}", raw, sync=self.sync)
         return name
+
+    def find_mail(self, ticket_id: int, key: str) -> str | None:
+        """The name of the raw mail stored for message ``key`` on the ticket, if there is one."""
+        suffix = f"-{key}.eml"
+        try:
+            with os.scandir(f"{self._ticket_dir(ticket_id)}/mail") as entries:  # not Path.glob: it compiles
+                return next((entry.name for entry in entries if entry.name.endswith(suffix)), None)  # a pattern
+        except FileNotFoundError:
+            return None
 
     def read_mail(self, ticket_id: int, name: str) -> bytes | None:
         try:
