@@ -146,7 +146,8 @@ def cmd_deliver(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
 
 def cmd_fsck(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
     with StateLock(runtime.config.helpdesk.state_dir, WRITE).acquire(wait_seconds=args.wait):
-        report = fsck(runtime.config.helpdesk.state_dir, rebuild=not args.check_only, verify_mail=args.verify_mail)
+        report = fsck(runtime.config.helpdesk.state_dir, rebuild=not args.check_only, verify_mail=args.verify_mail,
+                      limits=runtime.config.limits)
     for line in report.repaired:
         print(f"repaired: {line}")
     for line in report.problems:

@@ -255,8 +255,9 @@ def _restore(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: s
     """The metadata lists the message as filed. Without a journal, a power failure before the group
     commit may have kept it and lost (or cut short) what was written just before it — the raw mail,
     the history — since nothing within a commit is ordered: put back what is missing, each once.
-    (Not on the hot path: only a message filed before comes here.) A new ticket's "created" entry
-    and the message's own are written again; the changes it made stand in the metadata, without
+    (Not on the hot path: only a message filed before comes here.) The ticket's "created" entry (with
+    its first message, whatever the claim — fsck may have rebuilt it) and the message's own are
+    written again; the changes it made stand in the metadata, without
     their history lines. Returns what was put back, for the log."""
     history = svc.store.events(ticket.id)
     recorded = next((e for e in history if e.get("type") == "message" and e.get("ref") == message.key), None)
@@ -273,7 +274,7 @@ def _restore(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: s
         if stored is None or message_key(message.message_id, stored) != message.key:  # the key digests
             svc.store.replace_mail(ticket.id, name, raw)  # the bytes (up to line ends): these were cut short
             restored.append(f"raw mail {name} restored (it was cut short)")
-    if claim["action"] == "new" and not any(e.get("type") == "created" for e in history):
+    if ticket.message_keys[0] == message.key and not any(e.get("type") == "created" for e in history):
         event_once(svc, ticket.id, _created_event(ticket))
         restored.append("history entry 'created' restored")
     if recorded is None:

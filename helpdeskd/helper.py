@@ -26,9 +26,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .decide import strip_imitations
@@ -156,11 +158,11 @@ def _submit(function, *args) -> Future | None:
     try:
         with _lock:
             try:
-                if _pool is None:
-                    _quiet_resource_tracker()
-                    _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"),
-                                                initializer=_exit_with, initargs=(os.getpid(),))
-                future = _pool.submit(function, *args)
+                with _quiet_resource_tracker():  # started now: with the pool's first semaphore, or its first helper
+                    if _pool is None:
+                        _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"),
+                                                    initializer=_exit_with, initargs=(os.getpid(),))
+                    future = _pool.submit(function, *args)
             except (BrokenProcessPool, OSError, RuntimeError) as exc:
                 _forget(exc, _pool)
                 return None
@@ -173,13 +175,21 @@ def _submit(function, *args) -> Future | None:
 _TRACKER_WARNINGS = "ignore:resource_tracker:UserWarning"
 
 
-def _quiet_resource_tracker() -> None:
+@contextmanager
+def _quiet_resource_tracker() -> Iterator[None]:
     """multiprocessing's resource tracker (a process started with the pool, sharing the daemon's
     stderr) warns in plain text, when the daemon was killed, that it cleans up the pool's leaked
     semaphores; the daemon's stderr is the journal, JSON lines only. It is started with the daemon's
-    ``-W`` options (``sys.warnoptions``): ignoring those warnings there is the one way in."""
-    if _TRACKER_WARNINGS not in sys.warnoptions:
+    ``-W`` options (``sys.warnoptions``): ignoring those warnings there is the one way in. Only for
+    processes started inside the block: the list is left as it was."""
+    added = _TRACKER_WARNINGS not in sys.warnoptions
+    if added:
         sys.warnoptions.append(_TRACKER_WARNINGS)
+    try:
+        yield
+    finally:
+        if added:
+            sys.warnoptions.remove(_TRACKER_WARNINGS)
 
 
 def _answer(future: Future | None) -> list | None:

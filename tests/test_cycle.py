@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -215,6 +216,20 @@ def test_refiling_restores_what_a_power_failure_lost_behind_saved_metadata(svc, 
     assert "restored" not in file_message(inbound(raw), svc).detail  # and again: nothing more
     assert len(list((folder / "mail").iterdir())) == 1
     assert [e["type"] for e in svc.store.events(first.ticket)].count("message") == 1
+
+
+def test_a_lost_history_is_restored_after_fsck_rebuilt_the_claim_too(svc):
+    from helpdeskd.store.fsck import fsck
+
+    raw = mail()
+    first = file_message(inbound(raw), svc)
+    (svc.store.ticket_dir(first.ticket) / "events.jsonl").unlink()
+    Path(svc.store._key_path(parse(raw).key)).unlink()
+    state = svc.config.helpdesk.state_dir
+    assert len(fsck(state).problems) == 2  # (and the claim is rebuilt: a followup with nothing to send)
+    again = file_message(inbound(raw), svc)
+    assert "'created' restored" in again.detail and "message restored" in again.detail
+    assert fsck(state, rebuild=False, verify_mail=True).problems == [] and len(outbox_entries(svc)) == 1
 
 
 def test_a_ticket_folder_lost_whole_is_filed_again_without_a_second_answer(svc):

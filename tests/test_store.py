@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpdeskd.cycle import file_safely
+from helpdeskd.cycle import Services, file_safely
 from helpdeskd.errors import StoreLocked
 from helpdeskd.message import Inbound
 from helpdeskd.store.fsck import fsck
@@ -193,6 +193,25 @@ def test_fsck_reports_what_a_power_failure_can_leave_behind_saved_metadata(svc):
     problems = fsck(state, rebuild=False, verify_mail=True).problems
     assert problems[0] == f"ticket #1: raw mail {eml.name} does not match its message key (cut short?)"
     assert len(problems) == 3
+
+
+def test_fsck_verifies_mail_against_the_message_id_it_was_filed_with(tmp_path):
+    import dataclasses
+
+    from conftest import make_config
+    from helpdeskd.templates import load_templates
+
+    config = make_config(tmp_path)
+    config = dataclasses.replace(config, limits=dataclasses.replace(config.limits, max_header_bytes=200))
+    svc = Services.open(config, load_templates(config))
+    file_safely(Inbound("t", "1", mail(message_id="<" + "a" * 150 + "@" + "b" * 100 + ".example>")), svc)
+    state = config.helpdesk.state_dir
+    assert fsck(state, rebuild=False, verify_mail=True).problems == []  # (its Message-ID was cut at filing)
+    assert fsck(state, rebuild=False, verify_mail=True, limits=config.limits).problems == []
+    (svc.store.ticket_dir(1) / "events.jsonl").unlink()  # no recorded Message-ID: parsed with the limits
+    assert fsck(state, rebuild=False, verify_mail=True, limits=config.limits).problems == [
+        "ticket #1: its history has no 'created' entry (events.jsonl lost?)",
+        f"ticket #1: its history has no entry for message key {svc.store.get(1).message_keys[0]}"]
 
 
 def test_group_commit_defers_fsyncs_to_the_end_of_the_batch(tmp_path, monkeypatch):

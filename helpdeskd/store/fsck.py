@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PermanentError
-from ..parse import parse
+from ..parse import message_key, parse
+from ..settings import Limits
 from .fsutil import ensure_dir
 from .holding import Holding
 from .tickets import TicketStore
@@ -22,12 +23,13 @@ class FsckReport:
     indexed_message_ids: int = 0
 
 
-def fsck(state_dir: Path, *, rebuild: bool = True, verify_mail: bool = False) -> FsckReport:
+def fsck(state_dir: Path, *, rebuild: bool = True, verify_mail: bool = False, limits: Limits = Limits()) -> FsckReport:
     """Check every ticket folder; with ``rebuild`` recreate the Message-ID index and missing claims.
 
     Problems that need a person (unreadable metadata, missing mail files or history entries) are
     reported, not "fixed". ``verify_mail``: also read every raw mail and check it against its
-    message key (a digest of its bytes): a file cut short by a power failure shows there.
+    message key (a digest of its bytes and Message-ID — as recorded in the history, else as parsed
+    with ``limits``, the configured ones): a file cut short by a power failure shows there.
     """
     store, report = TicketStore(state_dir), FsckReport()
     if rebuild:
@@ -37,7 +39,7 @@ def fsck(state_dir: Path, *, rebuild: bool = True, verify_mail: bool = False) ->
     with store.sync.batch():  # one commit for the whole rebuild, not two fsyncs per index entry
         for ticket_id in store.iter_ids():
             highest = max(highest, ticket_id)
-            _check_ticket(store, ticket_id, report, rebuild, verify_mail)
+            _check_ticket(store, ticket_id, report, rebuild, limits if verify_mail else None)
         _check_seq(store, highest, report)
         if rebuild:
             _claim_refused(store, Holding(state_dir, "refused", store.sync), report)
@@ -45,7 +47,7 @@ def fsck(state_dir: Path, *, rebuild: bool = True, verify_mail: bool = False) ->
 
 
 def _check_ticket(store: TicketStore, ticket_id: int, report: FsckReport, rebuild: bool,
-                  verify_mail: bool = False) -> None:
+                  verify_with: Limits | None = None) -> None:
     try:
         ticket = store.get(ticket_id)
     except PermanentError as exc:
@@ -57,20 +59,28 @@ def _check_ticket(store: TicketStore, ticket_id: int, report: FsckReport, rebuil
     report.tickets += 1
     mail = store.ticket_dir(ticket_id) / "mail"
     history = store.events(ticket_id)
-    logged = {event.get("ref") for event in history if event.get("type") == "message"}
+    logged = {event.get("ref"): event for event in history if event.get("type") == "message"}
     if ticket.message_keys and not any(event.get("type") == "created" for event in history):
         report.problems.append(f"ticket #{ticket_id}: its history has no 'created' entry (events.jsonl lost?)")
     for key in ticket.message_keys:
         found = next(mail.glob(f"*-{key}.eml"), None)
         if found is None:
             report.problems.append(f"ticket #{ticket_id}: raw mail for message key {key} is missing")
-        elif verify_mail and parse(found.read_bytes()).key != key:
+        elif verify_with is not None and _key_of(found.read_bytes(), logged.get(key), verify_with) != key:
             report.problems.append(f"ticket #{ticket_id}: raw mail {found.name} does not match its message key"
                                    " (cut short?)")
         if key not in logged:
             report.problems.append(f"ticket #{ticket_id}: its history has no entry for message key {key}")
     if rebuild:
         _reindex(store, ticket, report)
+
+
+def _key_of(raw: bytes, event: dict | None, limits: Limits) -> str:
+    """The message key of stored mail: from the Message-ID its history entry recorded when it was
+    filed (parsed then, with the limits of then), else from parsing it now."""
+    if event is not None and isinstance(event.get("message_id"), str):
+        return message_key(event["message_id"], raw)
+    return parse(raw, limits).key
 
 
 def _reindex(store: TicketStore, ticket, report: FsckReport) -> None:
