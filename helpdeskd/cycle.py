@@ -257,8 +257,8 @@ def _restore(ticket: Ticket, message: Message, raw: bytes, claim: dict, words: s
     the history — since nothing within a commit is ordered: put back what is missing, each once.
     (Not on the hot path: only a message filed before comes here.) The ticket's "created" entry (with
     its first message, whatever the claim — fsck may have rebuilt it) and the message's own are
-    written again; the changes it made stand in the metadata, without
-    their history lines. Returns what was put back, for the log."""
+    written again; the changes it made stand in the metadata, without their history lines. Returns
+    what was put back, for the log."""
     history = svc.store.events(ticket.id)
     recorded = next((e for e in history if e.get("type") == "message" and e.get("ref") == message.key), None)
     # the name it had: as recorded, or by its place among the ticket's messages (numbered as filed)

@@ -57,17 +57,17 @@ def _check_ticket(store: TicketStore, ticket_id: int, report: FsckReport, rebuil
         report.problems.append(f"ticket #{ticket_id}: folder without ticket.toml (crash during creation?)")
         return
     report.tickets += 1
-    mail = store.ticket_dir(ticket_id) / "mail"
     history = store.events(ticket_id)
     logged = {event.get("ref"): event for event in history if event.get("type") == "message"}
     if ticket.message_keys and not any(event.get("type") == "created" for event in history):
         report.problems.append(f"ticket #{ticket_id}: its history has no 'created' entry (events.jsonl lost?)")
     for key in ticket.message_keys:
-        found = next(mail.glob(f"*-{key}.eml"), None)
+        found = store.find_mail(ticket_id, key)
         if found is None:
             report.problems.append(f"ticket #{ticket_id}: raw mail for message key {key} is missing")
-        elif verify_with is not None and _key_of(found.read_bytes(), logged.get(key), verify_with) != key:
-            report.problems.append(f"ticket #{ticket_id}: raw mail {found.name} does not match its message key"
+        elif verify_with is not None and _key_of(store.read_mail(ticket_id, found) or b"", logged.get(key),
+                                                 verify_with) != key:
+            report.problems.append(f"ticket #{ticket_id}: raw mail {found} does not match its message key"
                                    " (cut short?)")
         if key not in logged:
             report.problems.append(f"ticket #{ticket_id}: its history has no entry for message key {key}")

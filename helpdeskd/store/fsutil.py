@@ -174,7 +174,13 @@ class Syncer:
             device = os.stat(self.root).st_dev  # type: ignore[arg-type]
         except OSError:
             return False
-        return _mounts_below(os.fspath(self.root)) == [] and not _elsewhere_at_top(self.root, device)
+        return not self._needs_paths(device)
+
+    def _needs_paths(self, device: int | None) -> bool:
+        """Whether a syncfs commit on ``root`` (on ``device``) must still be told what was written:
+        something is mounted below ``root``, or a top-level folder leads to another file system."""
+        root = os.fspath(self.root)  # type: ignore[arg-type]
+        return _mounts_below(root) != [] or _elsewhere_at_top(root, device)
 
     @property
     def _state(self) -> "_BatchState":
@@ -239,7 +245,7 @@ class Syncer:
         if outermost and self.enabled and self.method == "syncfs":
             touched.fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)  # type: ignore[arg-type]
             touched.device = os.fstat(touched.fd).st_dev
-            state.record = _mounts_below(os.fspath(self.root)) != [] or _elsewhere_at_top(self.root, touched.device)
+            state.record = self._needs_paths(touched.device)
         state.depth += 1
         try:
             yield touched
