@@ -5,8 +5,8 @@ Method
 A throw-away store is built in a temporary directory and grown in stages of 10^3, 10^4, 10^5 and
 10^6 tickets (``--max``; ``--quick`` stops at 10^5). Every ticket gets, in the store's real on-disk
 format, its folder ``tickets/<id // 1000>/<id>/`` with ``ticket.toml`` (and whatever empty folders
-``save`` makes there), one claim ``index/keys/<k[:2]>/<k[2:4]>/<k>`` and one Message-ID entry
-``index/msgid/<h[:2]>/<h[2:4]>/<h>`` (65,536 two-level buckets per index). The paths come from the
+``save`` makes there), one claim ``index/keys/<k[:2]>/<k>`` and one Message-ID entry
+``index/msgid/<h[:2]>/<h>`` (256 buckets per index; two levels, 65,536 buckets, before 2026-11-22). The paths come from the
 store's own ``ticket_dir``, ``_key_path`` and ``_msgid_path``, so the bench follows any layout change.
 
 Populating through ``TicketStore(durable=False).save`` / ``write_claim`` / ``index_message_id``

@@ -105,6 +105,9 @@ class Daemon:
         self._save()
         log.info("started", config=str(self.path), mailboxes=sorted(self._pollers), pid=os.getpid(),
                  notify=self.notifier.enabled, watchdog_s=self.notifier.watchdog_seconds)
+        if self.svc.store.legacy_index:
+            log.warning("index_old_layout", hint="helpdeskd fsck moves it to the current layout; "
+                        "meanwhile lookups look in both")
         self.notifier.ready(self.health.summary())
         await self._serve()
         return await self._stop()

@@ -273,3 +273,27 @@ def test_notify_ready_reloading_stopping_status_and_watchdog(tmp_path, running):
     finally:
         notify.close()
     assert daemon.events("started")[0]["watchdog_s"] == 2.0
+
+
+# -- an older store -----------------------------------------------------------------------------------------
+
+
+def test_a_store_with_the_old_index_layout_is_named_at_start_until_fsck_moves_it(tmp_path, running):
+    from helpdeskd.store.tickets import TicketStore
+
+    config = write(tmp_path / "helpdeskd.toml", config_data(tmp_path))
+    store = TicketStore(tmp_path / "state")
+    store.write_claim("abcd" + "0" * 28, {"action": "new", "ticket": 1})
+    old = tmp_path / "state" / "index" / "keys" / "ab" / "cd"
+    old.mkdir()
+    (old.parent / ("abcd" + "0" * 28)).rename(old / ("abcd" + "0" * 28))  # where stores before 'layout' kept it
+    (tmp_path / "state" / "index" / "layout").unlink()
+    daemon = running(config, tmp_path / "first.log")
+    [warning] = daemon.wait_event("index_old_layout")
+    assert "helpdeskd fsck" in warning["hint"] and daemon.stop() == 0
+    done = run_cli("fsck", "-c", str(config))
+    assert "index entries moved to the current layout: 1" in done.stdout, done.stdout + done.stderr
+    daemon = running(config, tmp_path / "second.log")
+    daemon.wait_event("started")
+    assert daemon.events("index_old_layout") == [] and daemon.stop() == 0
+    assert TicketStore(tmp_path / "state").read_claim("abcd" + "0" * 28) == {"action": "new", "ticket": 1}

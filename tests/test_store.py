@@ -14,6 +14,7 @@ import pytest
 from helpdeskd.cycle import Services, file_safely
 from helpdeskd.errors import StoreLocked
 from helpdeskd.message import Inbound
+from helpdeskd.parse import parse
 from helpdeskd.store.fsck import fsck
 from helpdeskd.store.fsutil import atomic_write, create_exclusive
 from helpdeskd.store.lock import DAEMON, WRITE, StateLock
@@ -170,6 +171,63 @@ def test_fsck_rebuilds_indexes_and_repairs_sequence(svc):
     # the rebuilt claims make a re-delivery a duplicate, not a new ticket
     outcome = file_safely(Inbound("t", "x", mail(message_id="<m1@cliente.es>", body="texto 1")), svc)
     assert outcome.action == "duplicate" and svc.store.last_id() == 3
+
+
+def _to_old_layout(state: Path) -> int:
+    """Put every index entry two levels down, as stores written before ``index/layout`` had them."""
+    moved = 0
+    for entry in sorted((state / "index").glob("*/*/*")):
+        if entry.is_file():
+            (entry.parent / entry.name[2:4]).mkdir(exist_ok=True)
+            entry.rename(entry.parent / entry.name[2:4] / entry.name)
+            moved += 1
+    (state / "index" / "layout").unlink()
+    return moved
+
+
+def test_a_new_store_indexes_in_256_buckets_one_level_down(tmp_path):
+    store = TicketStore(tmp_path)
+    assert (tmp_path / "index" / "layout").read_text() == "1\n" and not store.legacy_index
+    store.write_claim("ab" + "c" * 30, {"action": "new", "ticket": 1})
+    store.index_message_id("<m@x>", 1)
+    claim, entry = Path(store._key_path("ab" + "c" * 30)), Path(store._msgid_path("<m@x>"))
+    assert claim == tmp_path / "index" / "keys" / "ab" / ("ab" + "c" * 30) and claim.is_file()
+    assert entry.parent.parent == tmp_path / "index" / "msgid" and entry.parent.name == entry.name[:2]
+
+
+def test_a_store_in_the_old_layout_is_read_then_upgraded_without_losing_an_entry(svc):
+    state = svc.config.helpdesk.state_dir
+    for n in range(4):
+        file_safely(Inbound("t", str(n), mail(message_id=f"<m{n}@cliente.es>", body=f"texto {n}")), svc)
+    assert _to_old_layout(state) == 8  # a claim and a Message-ID entry per message
+    old = Services(svc.config, TicketStore(state), svc.outbox, svc.quarantine, svc.refused, svc.templates,
+                   clock=svc.clock)
+    assert old.store.legacy_index and old.store.find_by_message_id("M2@cliente.es") == 3
+    # lookups look in the old place too: a re-delivery stays a duplicate, a reply finds its ticket
+    again = file_safely(Inbound("t", "x", mail(message_id="<m1@cliente.es>", body="texto 1")), old)
+    reply = file_safely(Inbound("t", "y", mail(message_id="<r@cliente.es>", body="más",
+                                                extra="In-Reply-To: <m0@cliente.es>")), old)
+    assert (again.action, reply.action, reply.ticket, old.store.last_id()) == ("duplicate", "followup", 1, 4)
+    # a crash halfway through the move: one bucket's entries are up already, the rest still down
+    bucket = next(p for p in sorted((state / "index" / "keys").iterdir()) if any(p.glob("*/*")))
+    up = [entry.rename(bucket / entry.name) for entry in bucket.glob("*/*")]
+    assert TicketStore(state).upgrade_index() == 8 - len(up)  # the rest, and none twice
+    fresh = TicketStore(state)
+    assert not fresh.legacy_index and fresh.upgrade_index() == 0
+    assert not [p for p in (state / "index").glob("*/*/*") if p.is_dir()]
+    assert [fresh.find_by_message_id(f"m{n}@cliente.es") for n in range(4)] == [1, 2, 3, 4]
+    assert fresh.find_by_message_id("r@cliente.es") == 1
+    for n in range(4):
+        assert fresh.read_claim(parse(mail(message_id=f"<m{n}@cliente.es>", body=f"texto {n}")).key)["ticket"] == n + 1
+
+
+def test_fsck_moves_an_old_layout_index_and_says_so(svc):
+    state = svc.config.helpdesk.state_dir
+    file_safely(Inbound("t", "1", mail()), svc)
+    _to_old_layout(state)
+    report = fsck(state)
+    assert report.problems == [] and report.repaired == ["index entries moved to the current layout: 2"]
+    assert not TicketStore(state).legacy_index and fsck(state).repaired == []
 
 
 def test_fsck_reports_missing_mail(svc):

@@ -33,6 +33,9 @@ def fsck(state_dir: Path, *, rebuild: bool = True, verify_mail: bool = False, li
     """
     store, report = TicketStore(state_dir), FsckReport()
     if rebuild:
+        moved = store.upgrade_index()
+        if moved:
+            report.repaired.append(f"index entries moved to the current layout: {moved}")
         shutil.rmtree(state_dir / "index" / "msgid", ignore_errors=True)
         ensure_dir(state_dir / "index" / "msgid")
     highest = 0

@@ -6,14 +6,22 @@ Layout under the state directory::
     tickets/<id // 1000>/<id>/ticket.toml  current metadata, replaced atomically
     tickets/<id // 1000>/<id>/events.jsonl append-only history
     tickets/<id // 1000>/<id>/mail/<n>-<key>.eml   raw messages, never modified
-    index/keys/<k[:2]>/<k[2:4]>/<k>       message key → decision record (JSON), see helpdeskd.cycle
-    index/msgid/<h[:2]>/<h[2:4]>/<h>      sha1(Message-ID) → ticket id (as text, or a hard link to the
+    index/keys/<k[:2]>/<k>                message key → decision record (JSON), see helpdeskd.cycle
+    index/msgid/<h[:2]>/<h>               sha1(Message-ID) → ticket id (as text, or a hard link to the
                                            claim of the message that has it, which names the ticket)
+    index/layout                           "1": the index is in this layout (see below)
 
 Ticket folders are grouped by thousands (a shard holds at most 1,000 tickets; ``tickets/`` itself holds
-one shard per thousand, 1,000 at a million tickets). Index entries are hashed into 65,536 buckets, so a
-bucket holds about 15 entries per million messages. A lookup is one path resolution through small
-directories, whatever the number of tickets and whether or not the file system indexes directories.
+one shard per thousand, 1,000 at a million tickets). Index entries are hashed into 256 buckets per
+index: a bucket holds about 3,900 entries per million messages, and a lookup is one path resolution
+that the file system's hashed directories (ext4 ``dir_index``, XFS, btrfs) make as cheap in a big
+bucket as in a small one. Few buckets mean a young store soon has all of them: filing stops making
+index folders after its first thousand messages or so, and the index's folders stay few enough to
+stay cached.
+
+Stores written before ``index/layout`` existed had 65,536 two-level buckets
+(``index/keys/<k[:2]>/<k[2:4]>/<k>``). Until :meth:`TicketStore.upgrade_index` has moved their
+entries up a level (``helpdeskd fsck`` does; the daemon says so at start), lookups also look there.
 Indexes are caches: :mod:`helpdeskd.store.fsck` rebuilds them from the ticket folders.
 """
 
@@ -36,6 +44,7 @@ from ..errors import PermanentError
 from ..ticket import Requester, Status, Ticket
 from .fsutil import Syncer, append_line, atomic_write, create_exclusive, ensure_dir, read_json, write_new
 
+LAYOUT = "index/layout"  # present: index entries are one level down (see the module docstring)
 _TICKET_FIELDS = {f.name for f in fields(Ticket)} - {"extra", "requester", "status"}
 
 
@@ -63,8 +72,17 @@ class TicketStore:
         self._root = os.fspath(state_dir)
         self.sync = sync or Syncer(enabled=durable, root=state_dir)
         self._unit = _Unit()
+        fresh = not os.path.isdir(f"{self._root}/index")
         for sub in ("tickets", "index/keys", "index/msgid"):
             ensure_dir(state_dir / sub, sync=self.sync)
+        if fresh:
+            write_new(f"{self._root}/{LAYOUT}", b"1\n", sync=self.sync)
+        self._legacy = not os.path.exists(f"{self._root}/{LAYOUT}")  # entries may be two levels down
+
+    @property
+    def legacy_index(self) -> bool:
+        """Whether index entries may still be in the old two-level layout (see the module docstring)."""
+        return self._legacy
 
     # -- units of work -------------------------------------------------------------------------
     @contextmanager
@@ -119,11 +137,11 @@ class TicketStore:
         return f"{self._root}/tickets/{ticket_id // 1000}/{ticket_id}"
 
     def _key_path(self, key: str) -> str:
-        return f"{self._root}/index/keys/{key[:2]}/{key[2:4]}/{key}"
+        return f"{self._root}/index/keys/{key[:2]}/{key}"
 
     def _msgid_path(self, message_id: str) -> str:
         digest = hashlib.sha1(_msgid_key(message_id).encode("utf-8", "replace")).hexdigest()
-        return f"{self._root}/index/msgid/{digest[:2]}/{digest[2:4]}/{digest}"
+        return f"{self._root}/index/msgid/{digest[:2]}/{digest}"
 
     # -- ids -----------------------------------------------------------------------------------
     def allocate_id(self) -> int:
@@ -274,7 +292,11 @@ class TicketStore:
     # -- indexes -------------------------------------------------------------------------------
     def read_claim(self, key: str) -> dict | None:
         """The decision recorded for a message key, or None when the message is new to us."""
-        return read_json(self._key_path(key))
+        path = self._key_path(key)
+        found = read_json(path)
+        if found is None and self._legacy:
+            found = read_json(_two_levels(path))
+        return found
 
     def write_claim(self, key: str, record: dict) -> None:
         path = self._key_path(key)
@@ -324,16 +346,67 @@ class TicketStore:
         unit, key = self._unit, _msgid_key(message_id)
         if key in unit.msgids:
             return unit.msgids[key]
-        found: int | None = None
-        try:
-            with open(self._msgid_path(message_id), "rb") as file:
-                text = file.read().strip()
-            found = int(json.loads(text)["ticket"]) if text.startswith(b"{") else int(text)
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
-            pass  # no entry, or one cut short by a crash: rebuilt by fsck, written again by filing
+        path = self._msgid_path(message_id)
+        found = _read_msgid(path)
+        if found is None and self._legacy:
+            found = _read_msgid(_two_levels(path))
         if unit.depth:
             unit.msgids[key] = found
         return found
+
+    def upgrade_index(self) -> int:
+        """Move the entries of a store's old two-level index up a level, and mark the store as done
+        (``index/layout``). Returns how many moved. The caller holds the write lock. A crash halfway
+        leaves entries in both layouts, which lookups read until the next call finishes the move."""
+        if not self._legacy:
+            return 0
+        moved = 0
+        with self.sync.batch():
+            for index in ("keys", "msgid"):
+                for bucket in _subfolders(f"{self._root}/index/{index}"):
+                    for old in _subfolders(bucket):
+                        moved += _move_up(old, bucket)
+                        os.rmdir(old)
+                        self.sync.directory(bucket)
+        write_new(f"{self._root}/{LAYOUT}", b"1\n", sync=self.sync)
+        self._legacy = False
+        return moved
+
+
+def _read_msgid(path: str) -> int | None:
+    try:
+        with open(path, "rb") as file:
+            text = file.read().strip()
+        return int(json.loads(text)["ticket"]) if text.startswith(b"{") else int(text)
+    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError):
+        return None  # no entry, or one cut short by a crash: rebuilt by fsck, written again by filing
+
+
+def _two_levels(path: str) -> str:
+    """Where the old layout kept the entry that is at ``path`` now: ``<b>/<name>`` → ``<b>/<name[2:4]>/<name>``."""
+    folder, name = os.path.split(path)
+    return f"{folder}/{name[2:4]}/{name}"
+
+
+def _subfolders(path: str) -> list[str]:
+    with os.scandir(path) as entries:
+        return sorted(entry.path for entry in entries if entry.is_dir(follow_symlinks=False))
+
+
+def _move_up(old: str, bucket: str) -> int:
+    """Move every entry of ``old`` into ``bucket``; one there already (written since) wins, and a
+    temporary file a crash left behind is dropped. Returns how many moved."""
+    moved = 0
+    with os.scandir(old) as entries:
+        names = [entry.name for entry in entries]
+    for name in names:
+        target = f"{bucket}/{name}"
+        if name.startswith(".") or os.path.lexists(target):
+            os.unlink(f"{old}/{name}")
+        else:
+            os.rename(f"{old}/{name}", target)
+            moved += 1
+    return moved
 
 
 def _msgid_key(message_id: str) -> str:
