@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import poplib
@@ -184,13 +185,13 @@ def run_child(*args: str) -> dict:
 # ----------------------------------------------------------------------------- driver
 
 
-def write_config(work: Path, server, user: str, protocol: str, helper_process: bool = True) -> Path:
+def write_config(work: Path, state: Path, server, user: str, protocol: str, helper_process: bool = True) -> Path:
     import tomli_w
 
     from conftest import default_config_data
 
     data = default_config_data()
-    data["helpdesk"].update({"state_dir": str(work / f"state-{protocol}"), "templates_dir": str(ROOT / "templates")})
+    data["helpdesk"].update({"state_dir": str(state), "templates_dir": str(ROOT / "templates")})
     (work / "password").write_text("secret\n")
     entry = {"name": "bench", "protocol": "pop3s" if protocol == "pop3s" else "pop3", "host": "127.0.0.1",
              "user": user, "password_file": str(work / "password"), "ca_file": str(server.pki.ca),
@@ -218,7 +219,7 @@ def load_mailbox(server, maildir: Path, n: int) -> int:
 
 
 def measure(server, work: Path, n: int, protocol: str, no_fsync: bool, profile: str = "",
-            one_process: bool = False) -> dict:
+            one_process: bool = False, fresh_fs: bool = False) -> dict:
     from dovecot import PASSWORD
 
     user = f"bench{protocol}"
@@ -226,20 +227,43 @@ def measure(server, work: Path, n: int, protocol: str, no_fsync: bool, profile: 
     tls, port = protocol == "pop3s", server.pop3s_port if protocol == "pop3s" else server.pop3_port
     avg = load_mailbox(server, maildir, n)
     floor = run_child("floor", "127.0.0.1", str(port), user, PASSWORD, str(int(tls)), str(server.pki.ca))
-    load_mailbox(server, maildir, n)
-    extra = [f"--profile={profile}-{protocol}.pstats"] if profile else []
-    ours = run_child("helpdeskd", str(write_config(work, server, user, protocol)), *extra)
-    assert ours["messages"] == n == floor["messages"], (ours, floor)
-    row = {"protocol": protocol, "n": n, "avg_bytes": avg, "floor": floor, "helpdeskd": ours}
-    if no_fsync:
-        shutil.rmtree(work / f"state-{protocol}")
+    assert floor["messages"] == n, floor
+    row = {"protocol": protocol, "n": n, "avg_bytes": avg, "floor": floor}
+    runs = [("helpdeskd", True, [f"--profile={profile}-{protocol}.pstats"] if profile else [])]
+    runs += [("what_if_no_fsync", True, ["--no-fsync"])] if no_fsync else []
+    runs += [("one_process", False, [])] if one_process else []
+    for name, helper, extra in runs:
         load_mailbox(server, maildir, n)
-        row["what_if_no_fsync"] = run_child("helpdeskd", str(work / f"helpdeskd-{protocol}.toml"), "--no-fsync")
-    if one_process:
-        shutil.rmtree(work / f"state-{protocol}")
-        load_mailbox(server, maildir, n)
-        row["one_process"] = run_child("helpdeskd", str(write_config(work, server, user, protocol, False)))
+        with state_place(work, fresh_fs) as place:
+            config = write_config(work, place / f"state-{protocol}", server, user, protocol, helper)
+            row[name] = run_child("helpdeskd", str(config), *extra)
+        assert row[name]["messages"] == n, row[name]
     return row
+
+
+@contextlib.contextmanager
+def state_place(work: Path, fresh_fs: bool):
+    """Where one measurement's state directory goes: ``work`` (removed afterwards), or a freshly made
+    ext4 with a journal, in a loop file, mounted for this measurement only."""
+    if not fresh_fs:
+        try:
+            yield work
+        finally:
+            for state in work.glob("state-*"):
+                shutil.rmtree(state)
+        return
+    image, mount = work / "state.img", work / "state-fs"
+    mount.mkdir()
+    with open(image, "wb") as file:
+        file.truncate(2 << 30)  # sparse: blocks are allocated as the store grows
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+        image.unlink()
+        mount.rmdir()
 
 
 def main() -> None:
@@ -252,18 +276,28 @@ def main() -> None:
                         help="also write a cProfile of (b) to PREFIX-<transport>.pstats (filing inline, not overlapped)")
     parser.add_argument("--one-process", action="store_true",
                         help="also run (b) without the helper process ([mail_gateway] helper_process = false)")
+    parser.add_argument("--server-dir", default="", metavar="DIR",
+                        help="put Dovecot (its config and mailboxes) in a new folder under DIR instead of beside "
+                             "helpdeskd's state directory")
+    parser.add_argument("--fresh-fs", action="store_true",
+                        help="put each measurement's state directory on a freshly made ext4 with a journal "
+                             "(a loop file in the work folder; needs root)")
     args = parser.parse_args()
     from dovecot import Dovecot, make_pki
 
     base = Path(tempfile.mkdtemp(prefix="hd-bench-"))
     base.chmod(0o755)
-    server = Dovecot(base, make_pki(base)).start()
+    server_base = Path(tempfile.mkdtemp(prefix="hd-bench-server-", dir=args.server_dir)) if args.server_dir else base
+    server_base.chmod(0o755)
+    server = Dovecot(server_base, make_pki(server_base)).start()
     try:
-        rows = [measure(server, base, args.n, protocol, args.what_if_no_fsync, args.profile, args.one_process)
+        rows = [measure(server, base, args.n, protocol, args.what_if_no_fsync, args.profile, args.one_process,
+                        args.fresh_fs)
                 for protocol in args.tls.split(",")]
     finally:
         server.stop()
         shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(server_base, ignore_errors=True)
     print(f"N={args.n}  (peak RSS of the measuring child process, and of helpdeskd's helper process)")
     print(f"{'transport':10} {'floor msg/s':>12} {'helpdeskd msg/s':>16} {'b/a':>6} {'floor RSS':>10} {'ours RSS':>10}"
           f" {'helper RSS':>11} {'CPU ms/msg ours+helper':>23}")
