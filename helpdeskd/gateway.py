@@ -20,8 +20,6 @@ With the helper process (``[mail_gateway] helper_process``, see ``helper.py``), 
 as soon as it is retrieved, and composes the mail that filing a batch asks for while the filer files
 the next one; the filer then queues that mail, and the commit after it completes the earlier batch.
 So a batch is ledgered and DELE'd one commit later: once its tickets and its outgoing mail are durable.
-While it waits for the filer, the session thread also makes the index folders the next batch will
-need (``_prepare_index``).
 
 Oversized messages (LIST size over the limit) are never downloaded whole: their headers (TOP) become
 a ticket with a note, or are kept in ``refused/`` with an answer to the sender (``oversized``).
@@ -37,7 +35,7 @@ import hashlib
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -174,7 +172,6 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
     pending: list[_Filed] = []  # the filer's: a filed batch whose mail the helper is composing
     file = functools.partial(_file_batch, mailbox=mailbox, svc=svc, ledger=ledger, locked=locked, result=result,
                              committer=committer, pending=pending)
-    prepare = svc.config.mail_gateway.helper_process and svc.store.sync.covers_unrecorded()
     try:
         for batch_items in _batches(items, cfg, limit, result):
             if should_stop() or time.monotonic() > deadline:
@@ -184,8 +181,6 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
             if svc.config.mail_gateway.helper_process:
                 batch.parsing = helper.parse_ahead(batch.raws, svc.config.limits)
             if filing is not None:
-                if prepare:
-                    _prepare_index(batch, filing, svc)
                 commits.append(filing.result())
                 filing = None
             if should_stop():  # asked while retrieving or filing: this batch stays on the server
@@ -203,25 +198,6 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
     finally:  # after an error too: the filing and commits in hand end before the session is aborted
         filer.shutdown(wait=True)  # first: a filing ends by handing its commit to the committer
         committer.shutdown(wait=True)
-
-
-def _prepare_index(batch: _Batch, filing: Future, svc: Services) -> None:
-    """While the filer is still at the batch before, make the index folders this one will need
-    (``TicketStore.prepare_index``), once the helper has parsed it. Best effort: the filer makes
-    whatever is still missing, and reports any error.
-
-    These folders are written before this batch's syncfs descriptor is opened. The batch before's
-    commit hears of a writeback error on them if it comes first; one between that commit and this
-    batch's start would reach neither — a window of milliseconds, while the kernel writes back
-    on its own only what has been dirty for many seconds."""
-    if batch.parsing is None:
-        return
-    wait([batch.parsing, filing], return_when=FIRST_COMPLETED)
-    if not batch.parsing.done() or batch.parsing.cancelled() or batch.parsing.exception() is not None:
-        return  # the filer is free first (or the helper failed: the filer will see to it)
-    messages = [m for m in batch.parsing.result() if m is not None]
-    with contextlib.suppress(OSError):
-        svc.store.prepare_index([m.key for m in messages], [m.message_id for m in messages])
 
 
 def _batches(items: list[Listed], cfg: Pop3, limit: int, result: Pop3Result) -> list[list[Listed]]:

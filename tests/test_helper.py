@@ -119,29 +119,6 @@ def test_pop3_files_everything_when_the_helper_dies_mid_session(dovecot, tmp_pat
 
 
 
-@pop3
-def test_index_folders_of_the_next_batch_are_made_while_one_is_filed(dovecot, tmp_path, monkeypatch):
-    from helpdeskd import gateway
-    from helpdeskd.store.tickets import TicketStore
-
-    made: list[list[str]] = []
-    real_prepare, real_file_one = TicketStore.prepare_index, gateway._file_one
-    monkeypatch.setattr(TicketStore, "prepare_index",
-                        lambda self, keys, ids: (made.append(list(keys)), real_prepare(self, keys, ids))[1])
-    # a slow filer: each batch's parse is back long before the batch before is filed
-    monkeypatch.setattr(gateway, "_file_one", lambda *args: (time.sleep(0.1), real_file_one(*args))[1])
-    box = Box(dovecot, tmp_path)
-    box.put(*many(12))
-    svc = services(tmp_path, box.entry(batch=4))
-    if not svc.store.sync.covers_unrecorded():
-        pytest.skip("needs syncfs(2) covering the whole state directory")
-    result = poll_pop3(svc.config.mailboxes[0], svc)
-    assert result.error is None and result.counts == {"new": 12} and box.left == 0
-    # the second and third batches, ahead of filing (on a loaded machine a parse may come too late)
-    assert made and len(made) <= 2 and all(len(keys) == 4 for keys in made)
-    assert all(svc.store.read_claim(key) for keys in made for key in keys)
-
-
 # ----------------------------------------------------------------------------- composing
 
 

@@ -608,38 +608,22 @@ def test_a_held_message_whose_reason_a_crash_lost_gets_it_when_filed_again(tmp_p
     assert [i.reason for i in held.items()] == ["unknown sender"] and held.raw("k1").endswith(b"hola\r\n")
 
 
-def test_folders_are_made_ahead_only_where_the_commit_covers_them_unrecorded(tmp_path, monkeypatch):
+def test_a_syncfs_commit_is_told_the_paths_where_another_file_system_may_be_below(tmp_path, monkeypatch):
     from helpdeskd.store import fsutil
 
-    assert not fsutil.Syncer(method="fsync", root=tmp_path).covers_unrecorded()  # fsyncs need the paths
-    assert not fsutil.Syncer(enabled=False, root=tmp_path).covers_unrecorded()
     if fsutil._SYNCFS is None:
         pytest.skip("needs syncfs(2)")
     syncer = fsutil.Syncer(root=tmp_path)
-    assert syncer.covers_unrecorded()
+
+    def recorded() -> list:
+        with syncer.collect() as touched:
+            atomic_write(tmp_path / "f", b"x", sync=syncer)
+        files = list(touched.files)
+        syncer.commit(touched)
+        return files
+
+    assert recorded() == []  # one syncfs covers it all
     monkeypatch.setattr(fsutil, "_mounts_below", lambda root: [f"{root}/index"])
-    assert not syncer.covers_unrecorded()  # a file system mounted inside: its folders need fsyncs
+    assert recorded() == [str(tmp_path / "f")]  # a file system mounted inside: its files need fsyncs
     monkeypatch.setattr(fsutil, "_mounts_below", lambda root: None)
-    assert not syncer.covers_unrecorded()  # the mount table unreadable: assume there may be one
-    monkeypatch.undo()
-    if os.stat("/dev/shm").st_dev != os.stat(tmp_path).st_dev:
-        elsewhere = Path(tempfile.mkdtemp(dir="/dev/shm"))
-        try:
-            (tmp_path / "index").symlink_to(elsewhere)
-            assert not syncer.covers_unrecorded()
-        finally:
-            shutil.rmtree(elsewhere)
-
-
-def test_index_folders_made_ahead_are_used_by_filing(tmp_path):
-    store = TicketStore(tmp_path)
-    keys, message_ids = ["ab12" + "0" * 28, "ab12" + "1" * 28, "cd34" + "0" * 28], ["<a@x>", "", "<b@x>"]
-    store.prepare_index(keys, message_ids)
-    folders = {os.path.dirname(store._key_path(k)) for k in keys} | {
-        os.path.dirname(store._msgid_path(m)) for m in message_ids if m}
-    assert len(folders) == 4 and all(os.path.isdir(f) for f in folders)
-    assert not any(os.listdir(f) for f in folders)  # folders only: nothing is recorded ahead
-    store.prepare_index(keys, message_ids)  # again: nothing to do, no error
-    store.write_claim(keys[0], {"action": "new", "ticket": 1})
-    store.index_message_id("<a@x>", 1, claim_key=keys[0])
-    assert store.read_claim(keys[0]) == {"action": "new", "ticket": 1} and store.find_by_message_id("<a@x>") == 1
+    assert recorded() == [str(tmp_path / "f")]  # the mount table unreadable: assume there may be one

@@ -164,18 +164,6 @@ class Syncer:
         """Whether a batch may be committed while the next one is being written (syncfs: yes)."""
         return self.method == "syncfs"
 
-    def covers_unrecorded(self) -> bool:
-        """Whether a commit makes durable what any thread or process writes under ``root`` now,
-        recorded or not: syncfs with nothing mounted below ``root`` (see :class:`Touched`). Then
-        folders may be made ahead, outside the batch that will use them."""
-        if not (self.enabled and self.method == "syncfs"):
-            return False
-        try:
-            device = os.stat(self.root).st_dev  # type: ignore[arg-type]
-        except OSError:
-            return False
-        return not self._needs_paths(device)
-
     def _needs_paths(self, device: int | None) -> bool:
         """Whether a syncfs commit on ``root`` (on ``device``) must still be told what was written:
         something is mounted below ``root``, or a top-level folder leads to another file system."""

@@ -328,18 +328,6 @@ class TicketStore:
         self.sync.directory(os.path.dirname(path))
         return True
 
-    def prepare_index(self, keys: list[str], message_ids: list[str]) -> None:
-        """Make the index folders that claims for ``keys`` and entries for ``message_ids`` will go
-        in, ahead of filing them (from another thread, while the filing thread is busy): a young
-        store makes two folders per message, and making them is most of what its index costs.
-        Only where the next group commit covers folders nobody recorded (``Syncer.covers_unrecorded``,
-        checked by the caller); without syncing, nor recording them in any batch. Raises OSError."""
-        folders = {os.path.dirname(self._key_path(key)) for key in keys}
-        folders.update(os.path.dirname(self._msgid_path(m)) for m in message_ids if m)
-        for folder in sorted(folders):
-            if not os.path.isdir(folder):
-                os.makedirs(folder, exist_ok=True)
-
     def find_by_message_id(self, message_id: str) -> int | None:
         if not message_id:
             return None
