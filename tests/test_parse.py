@@ -590,3 +590,29 @@ def test_a_mail_with_more_containers_than_parts_allowed_is_not_walked(header: st
     raw = f"From: ana@cliente.es\r\nSubject: nested\r\nMIME-Version: 1.0\r\n{header}b0\r\n\r\n{parts}".encode()
     assert "too many MIME containers (limit 4); body not read" in parse(raw, Limits(max_parts=4)).defects
     assert not any("containers" in d for d in parse(raw, Limits(max_parts=6)).defects)
+
+
+def test_the_short_cut_for_simple_address_headers_splits_as_the_stdlib_does() -> None:
+    import random
+    from email.utils import getaddresses
+
+    from helpdeskd.mailheaders import _SIMPLE_ADDRESS, _split_addresses
+
+    rng, taken, blank = random.Random(7), 0, " \t"
+
+    def some(chars: str, most: int) -> str:
+        return "".join(rng.choice(chars) for _ in range(rng.randint(0, most)))
+
+    for _ in range(20000):
+        shape = rng.random()
+        if shape < 0.4:
+            value = f"{some('aZ09._-' + blank, 12)}<{some('aZ09._%+=-', 6)}@{some('aZ09.-', 6)}>{some(blank, 2)}"
+        elif shape < 0.7:
+            value = f"{some(blank, 2)}{some('aZ09._%+=- ', 6)}@{some('aZ09.- ', 6)}"
+        else:  # anything the parser treats specially: quotes, comments, groups, lists, routes
+            value = some("aZ09._-%+=@<>,;:\"'()[]\\" + blank, 25)
+        taken += bool(_SIMPLE_ADDRESS.fullmatch(value))
+        assert _split_addresses([value]) == getaddresses([value]), value
+    assert taken > 5000  # the short cut was exercised, not only the fallback
+    assert _split_addresses(["Ana  García\t <ana@x>"]) == getaddresses(["Ana  García\t <ana@x>"])  # not ASCII
+    assert _split_addresses(["a@x", "b@y"]) == [("", "a@x"), ("", "b@y")]  # several headers: the stdlib

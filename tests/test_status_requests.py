@@ -212,3 +212,19 @@ def test_authentication_results_parsing():
 def test_alignment(sender, header, expected):
     message = parse(mail(sender=sender, extra=f"Authentication-Results: {header}"))
     assert proven_by(message, ("mx.t",)) == expected
+
+
+def test_codes_are_found_exactly_where_a_scan_of_every_position_finds_them():
+    import random
+
+    from helpdeskd.identity import _CODE, _codes_in
+
+    rng, tokens, seps, found = random.Random(3), ["ABCD", "EF2H", "A1CD", "ABC", "ABCDE", "2345", "a", "-"], \
+        ["-", "-", "-", " ", "", "_", "é", "\n", "."], 0
+    for _ in range(20000):
+        text = "".join(rng.choice(tokens) + rng.choice(seps) for _ in range(rng.randint(0, 8)))
+        expected = [f"{a}-{b}" for a, b in _CODE.findall(text)]
+        found += len(expected) > 1
+        assert _codes_in(text) == expected, text
+    assert found > 20  # runs of codes sharing hyphens were among them ("ABCD-EF2H-2345": one code)
+    assert _codes_in("ABCD-EF2H-2345 and WXYZ-2345") == ["ABCD-EF2H", "WXYZ-2345"]
