@@ -1,6 +1,7 @@
 """POP3 intake benchmark: helpdeskd filing a Dovecot mailbox, against bare poplib retrieval of the same.
 
     .venv/bin/python bench/pop3_intake.py [-n 2000] [--tls plain,pop3s] [--one-process]
+                                          [--server-dir /dev/shm] [--fresh-fs]
 
 For each transport it loads N realistic ~4 KB messages (plain text in Spanish and English, every
 fifth with a small attachment) into a fresh Dovecot mailbox and measures, in the same run:
@@ -11,6 +12,9 @@ fifth with a small attachment) into a fresh Dovecot mailbox and measures, in the
       (default settings: sessions of 500, batches of 32, the helper process parsing and composing).
 
 ``--one-process`` also measures (b) with ``[mail_gateway] helper_process = false``, in the same run.
+``--server-dir DIR`` runs Dovecot from a folder under DIR (``/dev/shm``: its disk work stays off the
+store's file system, as with a remote server); ``--fresh-fs`` gives each (b) a freshly made ext4
+with a journal (a loop file) for its state directory.
 Each measurement runs in a child process; its peak RSS (VmHWM) is reported, and the helper's. Needs
 root and Dovecot (``scripts/test`` installs it). Prints a table and the ratio b/a.
 """
