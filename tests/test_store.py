@@ -31,11 +31,19 @@ def sample(tid: int = 1) -> Ticket:
                   message_ids=("x@y",), message_keys=("k1",), extra={"future_field": 3})
 
 
-def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path, monkeypatch):
+    from helpdeskd.store import fsutil
+
+    aside = []
+    real = fsutil._write_aside
+    monkeypatch.setattr(fsutil, "_write_aside", lambda *args: (aside.append(args[0]), real(*args))[1])
     path = tmp_path / "f"
     atomic_write(path, b"one")
     atomic_write(path, b"two")
     assert path.read_bytes() == b"two" and sorted(os.listdir(tmp_path)) == ["f"]
+    assert oct(path.stat().st_mode & 0o777) == "0o640"
+    # a new file is linked in whole where unnamed files can be; only a replacement is written aside
+    assert aside == ([str(path)] if fsutil._unnamed else [str(path)] * 2)
 
 
 @pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "written aside"])

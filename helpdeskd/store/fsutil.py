@@ -322,6 +322,8 @@ def read_json(path: StrPath):
 def atomic_write(path: StrPath, data: bytes, *, sync: Syncer = IMMEDIATE) -> None:
     """Replace ``path`` with ``data`` so a reader or a crash sees the old or the new file, never half."""
     path = os.fspath(path)
+    if not os.path.exists(path) and _link_unnamed(path, data, sync):
+        return  # a new file, linked in whole: no temporary name to make, then rename
     os.replace(_write_aside(path, data, sync), path)
     sync.directory(os.path.dirname(path))
 
