@@ -6,8 +6,9 @@ A throw-away store is built in a temporary directory and grown in stages of 10^3
 10^6 tickets (``--max``; ``--quick`` stops at 10^5). Every ticket gets, in the store's real on-disk
 format, its folder ``tickets/<id // 1000>/<id>/`` with ``ticket.toml`` (and whatever empty folders
 ``save`` makes there), one claim ``index/keys/<k[:2]>/<k>`` and one Message-ID entry
-``index/msgid/<h[:2]>/<h>`` (256 buckets per index; two levels, 65,536 buckets, before 2026-11-22). The paths come from the
-store's own ``ticket_dir``, ``_key_path`` and ``_msgid_path``, so the bench follows any layout change.
+``index/msgid/<h[:2]>/<h>`` (256 buckets per index; two levels, 65,536 buckets, before 2026-11-22).
+The paths come from the store's own ``ticket_dir``, ``_key_path`` and ``_msgid_path``, so the bench
+follows any layout change.
 
 Populating through ``TicketStore(durable=False).save`` / ``write_claim`` / ``index_message_id``
 costs about 1 ms per ticket here (each new folder still fsyncs its parent), too slow for 10^6. So by
@@ -173,8 +174,8 @@ def ticket_subdirs(workdir: Path, count: int = 1200) -> tuple[str, ...]:
     """Learn the ticket-folder shape from the real API, then check the direct writer reproduces the
     API's whole tree byte for byte; refuse to run if it does not.
 
-    1,200 tickets span two ticket shards, and their index entries share first-level bucket folders and
-    some second-level ones, so both the "new bucket" and the "existing bucket" paths are compared.
+    1,200 tickets span two ticket shards, and their index entries fill most of the 256 buckets, some
+    of them several times, so both the "new bucket" and the "existing bucket" paths are compared.
     """
     api = TicketStore(workdir / "api", durable=False)
     populate_api(api, range(1, count + 1))
@@ -321,7 +322,7 @@ def path_dirs(store: TicketStore, numbers: dict[str, dict[str, list[int]]]) -> d
 
 def _level_names(rel: Path) -> list[str]:
     """``tickets/0/1`` → ["tickets/", "<shard>/", "<id>/"];
-    ``index/keys/ab/cd`` → ["index/", "keys/", "<k[:2]>/", "<k[2:4]>/"]."""
+    ``index/keys/ab`` → ["index/", "keys/", "<k[:2]>/"] (and "<k[2:4]>/" for a two-level store's ``ab/cd``)."""
     generic = {"tickets": ["tickets/", "<shard>/", "<id>/"],
                "index": ["index/", "{}/", "<h[:2]>/", "<h[2:4]>/"]}[rel.parts[0]]
     letter = "k" if rel.parts[1:2] == ("keys",) else "h"
@@ -457,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def remove_store(workdir: Path, jobs: int) -> None:
-    """Delete the store in ``jobs`` processes, one ticket shard or index leaf bucket per task.
+    """Delete the store in ``jobs`` processes, one ticket shard or index bucket per task.
 
     Deleting is bound by I/O latency, not CPU: on a cold cache every unlink reads inode-table blocks,
     and with the ``discard`` mount option of this machine's root file system (no journal) every freed
@@ -469,7 +470,7 @@ def remove_store(workdir: Path, jobs: int) -> None:
     parts = [p for p in (state / "tickets").iterdir()] if (state / "tickets").is_dir() else []
     for index in ("index/keys", "index/msgid"):
         if (state / index).is_dir():
-            parts += [leaf for top in (state / index).iterdir() for leaf in top.iterdir()]
+            parts += list((state / index).iterdir())  # the buckets (a second level, in stores before it went)
     with multiprocessing.Pool(jobs) as pool:
         for _ in pool.imap_unordered(_rmtree_inode_order, parts, chunksize=4):
             pass

@@ -215,8 +215,10 @@ def addresses(root: MimePart, name: str, state: ParseState) -> tuple[Address, ..
 # The shape of nearly every address header: one "Display Name <local@domain>" or "local@domain",
 # plain ASCII, nothing in the name that the address parser treats specially. Split without it
 # (it is slow), exactly as it would: the name's words joined by single spaces.
-_SIMPLE_ADDRESS = re.compile(r"[ \t]*(?:([A-Za-z0-9 \t._-]*?)[ \t]*<([A-Za-z0-9._%+=-]+@[A-Za-z0-9.-]+)>"
-                             r"|([A-Za-z0-9._%+=-]+@[A-Za-z0-9.-]+))[ \t]*")
+# Possessive quantifiers only: no backtracking, so a hostile value (a long run of blanks that then
+# fails to match) costs linear time, not hours.
+_SIMPLE_ADDRESS = re.compile(r"[ \t]*+(?:([A-Za-z0-9 \t._-]*+)<([A-Za-z0-9._%+=-]++@[A-Za-z0-9.-]++)>"
+                             r"|([A-Za-z0-9._%+=-]++@[A-Za-z0-9.-]++))[ \t]*+")
 
 
 def _split_addresses(values: list[str]) -> list[tuple[str, str]]:

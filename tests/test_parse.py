@@ -616,3 +616,18 @@ def test_the_short_cut_for_simple_address_headers_splits_as_the_stdlib_does() ->
     assert taken > 5000  # the short cut was exercised, not only the fallback
     assert _split_addresses(["Ana  García\t <ana@x>"]) == getaddresses(["Ana  García\t <ana@x>"])  # not ASCII
     assert _split_addresses(["a@x", "b@y"]) == [("", "a@x"), ("", "b@y")]  # several headers: the stdlib
+
+
+def test_a_long_run_of_blanks_in_an_address_header_is_parsed_without_backtracking() -> None:
+    # Three quantifiers in a row that all take blanks once made this cost the cube of the run's length
+    # (hours at 64 KiB). Run in a child process: a regression shows as a timeout, not a hung suite.
+    import subprocess
+    import sys
+
+    script = ("from helpdeskd.parse import parse\n"
+              "for value in (b' ' * 64000 + b'x', b' a' + b'\\t' * 64000 + b'!', b' ' * 64000 + b'<a@b.example'):\n"
+              "    message = parse(b'From:\\r\\n' + value + b'\\r\\nSubject: s\\r\\n\\r\\nx')\n"
+              "    assert message.subject == 's', message.subject\n"
+              "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "ok", done.stderr

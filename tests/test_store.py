@@ -41,9 +41,16 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path, monkeypatch):
     atomic_write(path, b"one")
     atomic_write(path, b"two")
     assert path.read_bytes() == b"two" and sorted(os.listdir(tmp_path)) == ["f"]
-    assert oct(path.stat().st_mode & 0o777) == "0o640"
+    assert path.stat().st_mode & 0o777 == 0o640 & ~_umask()
     # a new file is linked in whole where unnamed files can be; only a replacement is written aside
     assert aside == ([str(path)] if fsutil._unnamed else [str(path)] * 2)
+    # another writer made the file between the check and the link: it is replaced, as any file is
+    raced = tmp_path / "raced"
+    real_link = fsutil._link_unnamed
+    monkeypatch.setattr(fsutil, "_link_unnamed",
+                        lambda p, *rest: (raced.write_bytes(b"theirs"), real_link(p, *rest))[1])
+    atomic_write(raced, b"ours")
+    assert raced.read_bytes() == b"ours" and sorted(os.listdir(tmp_path)) == ["f", "raced"]
 
 
 @pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "written aside"])
@@ -233,9 +240,36 @@ def test_fsck_moves_an_old_layout_index_and_says_so(svc):
     state = svc.config.helpdesk.state_dir
     file_safely(Inbound("t", "1", mail()), svc)
     _to_old_layout(state)
-    report = fsck(state)
-    assert report.problems == [] and report.repaired == ["index entries moved to the current layout: 2"]
+    report = fsck(state)  # the claim moves; the Message-ID index is rebuilt anyway
+    assert report.problems == [] and report.repaired == ["index entries moved to the current layout: 1"]
     assert not TicketStore(state).legacy_index and fsck(state).repaired == []
+    # an old store copied over a new one keeps the new one's mark: fsck looks for old folders anyway
+    _to_old_layout(state)
+    (state / "index" / "layout").write_text("1\n")
+    assert not TicketStore(state).legacy_index
+    assert fsck(state).repaired == ["index entries moved to the current layout: 1"]
+    assert file_safely(Inbound("t", "2", mail()), svc).action == "duplicate"
+
+
+def test_an_empty_index_without_its_mark_is_marked_not_taken_for_an_old_one(tmp_path):
+    TicketStore(tmp_path)
+    (tmp_path / "index" / "layout").unlink()  # a first start stopped right after making the folders
+    store = TicketStore(tmp_path)
+    assert not store.legacy_index and (tmp_path / "index" / "layout").exists()
+
+
+def test_moving_up_keeps_an_entry_written_since_and_drops_leftover_temporary_files(tmp_path):
+    store = TicketStore(tmp_path)
+    key = "abcd" + "0" * 28
+    store.write_claim(key, {"action": "new", "ticket": 2})  # written in the new place since
+    old = tmp_path / "index" / "keys" / "ab" / "cd"
+    old.mkdir()
+    (old / key).write_text('{"action": "new", "ticket": 1}')
+    (old / f".{key}.123.456.tmp").write_text('{"action": "new", "tick')  # a crash mid-write, long ago
+    (old / ("abcd" + "1" * 28)).write_text('{"action": "new", "ticket": 3}')
+    assert store.upgrade_index(everywhere=True) == 1 and not old.exists()
+    assert sorted(p.name for p in old.parent.iterdir()) == ["abcd" + "0" * 28, "abcd" + "1" * 28]
+    assert store.read_claim(key)["ticket"] == 2 and store.read_claim("abcd" + "1" * 28)["ticket"] == 3
 
 
 def test_fsck_reports_missing_mail(svc):

@@ -33,11 +33,11 @@ def fsck(state_dir: Path, *, rebuild: bool = True, verify_mail: bool = False, li
     """
     store, report = TicketStore(state_dir), FsckReport()
     if rebuild:
-        moved = store.upgrade_index()
+        shutil.rmtree(state_dir / "index" / "msgid", ignore_errors=True)  # rebuilt below, whatever its layout
+        ensure_dir(state_dir / "index" / "msgid")
+        moved = store.upgrade_index(everywhere=True)
         if moved:
             report.repaired.append(f"index entries moved to the current layout: {moved}")
-        shutil.rmtree(state_dir / "index" / "msgid", ignore_errors=True)
-        ensure_dir(state_dir / "index" / "msgid")
     highest = 0
     with store.sync.batch():  # one commit for the whole rebuild, not two fsyncs per index entry
         for ticket_id in store.iter_ids():

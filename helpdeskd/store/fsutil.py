@@ -315,7 +315,7 @@ def read_json(path: StrPath):
     try:
         with open(path, "rb") as file:
             return json.loads(file.read())
-    except (FileNotFoundError, ValueError):
+    except (FileNotFoundError, NotADirectoryError, ValueError):
         return None
 
 
@@ -390,7 +390,7 @@ def _link_unnamed(path: str, data: bytes, sync: Syncer) -> bool | None:
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             raise
-        _unnamed = False  # a file system without it: the state directory is on one file system
+        _unnamed = False  # a file system without it: write aside from now on, everywhere (only slower)
         return None
     try:
         _write_all(fd, data)

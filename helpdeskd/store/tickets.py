@@ -16,8 +16,8 @@ one shard per thousand, 1,000 at a million tickets). Index entries are hashed in
 index: a bucket holds about 3,900 entries per million messages, and a lookup is one path resolution
 that the file system's hashed directories (ext4 ``dir_index``, XFS, btrfs) make as cheap in a big
 bucket as in a small one. Few buckets mean a young store soon has all of them: filing stops making
-index folders after its first thousand messages or so, and the index's folders stay few enough to
-stay cached.
+index folders after its first two thousand messages or so, and the index's folders stay few enough
+to stay cached.
 
 Stores written before ``index/layout`` existed had 65,536 two-level buckets
 (``index/keys/<k[:2]>/<k[2:4]>/<k>``). Until :meth:`TicketStore.upgrade_index` has moved their
@@ -72,12 +72,11 @@ class TicketStore:
         self._root = os.fspath(state_dir)
         self.sync = sync or Syncer(enabled=durable, root=state_dir)
         self._unit = _Unit()
-        fresh = not os.path.isdir(f"{self._root}/index")
         for sub in ("tickets", "index/keys", "index/msgid"):
             ensure_dir(state_dir / sub, sync=self.sync)
-        if fresh:
-            write_new(f"{self._root}/{LAYOUT}", b"1\n", sync=self.sync)
         self._legacy = not os.path.exists(f"{self._root}/{LAYOUT}")  # entries may be two levels down
+        if self._legacy and not any(_has_entries(f"{self._root}/index/{i}") for i in ("keys", "msgid")):
+            self._mark_layout()  # a new store (or one whose first start stopped short): nothing to move
 
     @property
     def legacy_index(self) -> bool:
@@ -342,11 +341,13 @@ class TicketStore:
             unit.msgids[key] = found
         return found
 
-    def upgrade_index(self) -> int:
+    def upgrade_index(self, *, everywhere: bool = False) -> int:
         """Move the entries of a store's old two-level index up a level, and mark the store as done
         (``index/layout``). Returns how many moved. The caller holds the write lock. A crash halfway
-        leaves entries in both layouts, which lookups read until the next call finishes the move."""
-        if not self._legacy:
+        leaves entries in both layouts, which lookups read until the next call finishes the move.
+        ``everywhere``: look for two-level folders even in a store marked done (fsck: an old store
+        copied over a new one keeps the new one's mark)."""
+        if not (self._legacy or everywhere):
             return 0
         moved = 0
         with self.sync.batch():
@@ -356,9 +357,12 @@ class TicketStore:
                         moved += _move_up(old, bucket)
                         os.rmdir(old)
                         self.sync.directory(bucket)
+        self._mark_layout()
+        return moved
+
+    def _mark_layout(self) -> None:
         write_new(f"{self._root}/{LAYOUT}", b"1\n", sync=self.sync)
         self._legacy = False
-        return moved
 
 
 def _read_msgid(path: str) -> int | None:
@@ -374,6 +378,11 @@ def _two_levels(path: str) -> str:
     """Where the old layout kept the entry that is at ``path`` now: ``<b>/<name>`` → ``<b>/<name[2:4]>/<name>``."""
     folder, name = os.path.split(path)
     return f"{folder}/{name[2:4]}/{name}"
+
+
+def _has_entries(path: str) -> bool:
+    with os.scandir(path) as entries:
+        return next(entries, None) is not None
 
 
 def _subfolders(path: str) -> list[str]:
