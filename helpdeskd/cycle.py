@@ -188,7 +188,7 @@ def _apply(message: Message, inbound: Inbound, claim: dict, svc: Services, *, ag
     action = _outcome_name(claim)
     if again and not added and not queued:
         action = "duplicate"
-    reply = None if action == "duplicate" or (again and not queued) else reply_template(sends)
+    reply = None if action == "duplicate" else reply_template(queued)  # the sender's answer, if queued now
     detail = "; ".join([*claim["notes"], *claim.get("errors", ()), *restored])
     return Outcome(action, ticket.id, message.message_id, reply, detail)
 

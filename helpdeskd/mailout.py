@@ -67,14 +67,11 @@ def collecting(jobs: list[MailJob], earlier: frozenset[str] = frozenset()) -> It
         _collector.jobs, _collector.earlier = outer
 
 
-def queue_sends(svc: Services, ticket: Ticket, sends: list[Send], occasion: Occasion) -> int:
-    """Queue every Send for ``ticket``; returns how many mails were queued now (0 on a repeat)
-    or, while :func:`collecting`, will be."""
-    queued = 0
-    for send in sends:
-        for person in recipients(send, ticket, occasion, svc):
-            queued += _queue_one(svc, ticket, send, person, occasion)
-    return queued
+def queue_sends(svc: Services, ticket: Ticket, sends: list[Send], occasion: Occasion) -> list[Send]:
+    """Queue every Send for ``ticket``; returns the Send of each mail queued now (none on a repeat)
+    or, while :func:`collecting`, to be queued."""
+    return [send for send in sends for person in recipients(send, ticket, occasion, svc)
+            if _queue_one(svc, ticket, send, person, occasion)]
 
 
 def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occasion: Occasion) -> int:

@@ -55,7 +55,7 @@ def act(svc: Services, ticket_id: int, action: Act, by: str, by_name: str = "",
     message = {"from": by, "from_name": by_name, "subject": ticket.subject, "text": action.answer, "role": "staff"}
     occasion = Occasion(key=key, sender=by, sender_name=by_name, language=svc.config.helpdesk.default_language,
                         message=message)
-    return ticket, queue_sends(svc, ticket, sends, occasion)
+    return ticket, len(queue_sends(svc, ticket, sends, occasion))
 
 
 def _validated(commands: tuple[Command, ...], svc: Services) -> list[Change]:

@@ -319,3 +319,15 @@ def test_a_relay_copy_is_a_duplicate_even_while_the_first_copy_is_half_filed(svc
     assert file_safely(inbound(copy), svc).action == "ignored"
     assert file_safely(inbound(mail()), svc).action == "new"  # the first copy, offered again, completes
     assert svc.store.last_id() == 1
+
+
+def test_a_re_run_that_queues_only_the_staff_notice_does_not_name_the_senders_answer(svc):
+    raw = mail()
+    first = file_safely(Inbound("t", "1", raw), svc)
+    assert (first.action, first.reply) == ("new", "ack_new")
+    [staff] = [e for e in svc.outbox.entries() if e.envelope["template"] == "staff_new"]
+    staff.path.unlink()  # a crash after the acknowledgment was queued, before the staff notice was
+    again = file_safely(Inbound("t", "1", raw), svc)
+    assert (again.action, again.reply) == ("new", None)  # the notice is queued now; the ack was already
+    assert sorted(e.envelope["template"] for e in svc.outbox.entries()) == ["ack_new", "staff_new"]
+    assert file_safely(Inbound("t", "1", raw), svc).action == "duplicate"
