@@ -203,6 +203,7 @@ def _conversation(r: Reader) -> dict[str, Any]:
     return {
         "closed_reply": choice(r, "closed_reply", CLOSED_REPLY, "a closed-ticket policy", "reopen"),
         "cc_collaborators": r.get("cc_collaborators", BOOLEAN, True),
+        "max_collaborators": r.get("max_collaborators", POSITIVE_INT, 10),
         "notify_staff": r.get("notify_staff", BOOLEAN, True),
         "plus_addressing": r.get("plus_addressing", BOOLEAN, False),
     }

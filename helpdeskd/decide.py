@@ -216,19 +216,24 @@ def _new_ticket(message: Message, view: View, config: Config, lang: str, quiet: 
     hd, box, sender = config.helpdesk, view.mailbox, message.sender
     requester = Requester(sender.addr if sender else (message.return_path or ""), sender.name if sender else "", lang)
     origin = origin or classify(requester.addr, config.access)
+    collaborators = _collaborators(message, config) if hd.cc_collaborators else ()
+    notes = ()
+    if len(collaborators) > hd.max_collaborators:
+        notes = (f"only the first {hd.max_collaborators} of the {len(collaborators)} Cc addresses became "
+                 "collaborators (max_collaborators)",)
+        collaborators = collaborators[:hd.max_collaborators]
     action = NewTicket(
         subject=message.subject.strip(), requester=requester,
         queue=(box and box.queue) or hd.default_queue, priority=(box and box.priority) or hd.default_priority,
-        category=(box and box.category) or hd.default_category,
-        collaborators=_collaborators(message, config) if hd.cc_collaborators else (), linked=linked,
+        category=(box and box.category) or hd.default_category, collaborators=collaborators, linked=linked,
         role=origin.role, domain=origin.domain, reseller=origin.reseller,
     )
     if quiet:
-        return Decision(action, (), lang, (f"no automatic answer: {quiet}",))
+        return Decision(action, (), lang, (f"no automatic answer: {quiet}", *notes))
     sends = [Send("ack_new", SENDER)]
     if hd.notify_staff:
         sends.append(Send("staff_new", STAFF, "notification"))
-    return Decision(action, tuple(sends), lang)
+    return Decision(action, tuple(sends), lang, notes)
 
 
 def _collaborators(message: Message, config: Config) -> tuple[str, ...]:
@@ -329,20 +334,34 @@ def _customer_commands(commands: Commands, match: Match,
             changes.append(Change("escalated", reason))
             sends += [Send("escalated", SENDER), Send("staff_escalation", ESCALATION, "notification")]
         else:
-            _cc(cmd, changes, errors, config)
+            _cc(cmd, changes, errors, config, match.ticket.collaborators)
     return changes, tuple(errors), sends
 
 
-def _cc(cmd: Command, changes: list[Change], errors: list[str], config: Config) -> None:
+def _cc(cmd: Command, changes: list[Change], errors: list[str], config: Config, current: tuple[str, ...]) -> None:
     verb, _, addr = cmd.value.partition(" ")
     addr = addr.strip().strip("<>").lower()
     action = CC_VERBS.get(fold(verb))
+    most = config.helpdesk.max_collaborators
     if action is None or not can_write_to(addr):
         errors.append(f"{cmd.source}: write #cc add ADDRESS or #cc remove ADDRESS")
     elif action == "add" and not _collaborators_from((addr,), "", config):
         errors.append(f"{cmd.source}: {addr} is the helpdesk or its staff, not a collaborator")
+    elif action == "add" and addr not in current and len(_after_cc(current, changes)) >= most:
+        errors.append(f"{cmd.source}: this ticket has {most} collaborators already, the most it may have")
     else:
         changes.append(Change(f"cc_{action}", addr))
+
+
+def _after_cc(current: tuple[str, ...], changes: list[Change]) -> set[str]:
+    """The collaborators once the ``#cc`` changes asked so far in the same message are made."""
+    after = set(current)
+    for change in changes:
+        if change.field == "cc_add":
+            after.add(change.value)
+        elif change.field == "cc_remove":
+            after.discard(change.value)
+    return after
 
 
 def _staff(ticket: Ticket, commands: Commands, lang: str, config: Config) -> Decision:

@@ -108,6 +108,7 @@ class Helpdesk:
     acknowledge_followups: bool = True
     closed_reply: str = "reopen"  # a reply to a closed ticket: reopen | new (linked ticket) | refuse
     cc_collaborators: bool = True  # Cc addresses of a new ticket's first message become collaborators
+    max_collaborators: int = 10  # per ticket: a message Cc'd to thousands must not make us mail them all
     notify_staff: bool = True  # tell the queue's staff about new tickets and customer replies
     plus_addressing: bool = False  # answers carry Reply-To: local+<ticket>-<sig>@domain (needs MTA support)
 

@@ -145,6 +145,28 @@ def test_collaborators_from_cc_and_by_command(svc):
     assert svc.store.get(tid).collaborators == ("marta@cliente.es", "pablo@cliente.es")
 
 
+def test_a_ticket_has_at_most_max_collaborators(tmp_path):
+    svc = helpdesk(tmp_path, max_collaborators=3)
+    cc = ", ".join(f"c{n}@cliente.es" for n in range(500))  # one message Cc'd to hundreds
+    tid, ack = open_ticket(svc, extra=f"Cc: {cc}")
+    ticket = svc.store.get(tid)
+    assert ticket.collaborators == ("c0@cliente.es", "c1@cliente.es", "c2@cliente.es")
+    notes = [e["text"] for e in svc.store.events(tid) if e["type"] == "note"]
+    assert notes == ["only the first 3 of the 500 Cc addresses became collaborators (max_collaborators)"]
+    outcome = send(svc, answer_to(ack, "#cc add pablo@cliente.es", "ana@cliente.es"))
+    assert outcome.action == "rejected" and "3 collaborators already" in outcome.detail
+    assert svc.store.get(tid).collaborators == ticket.collaborators
+    # one out, one in, in the same message: still three
+    send(svc, answer_to(ack, "#cc remove c0@cliente.es\n#cc add pablo@cliente.es", "ana@cliente.es"))
+    assert svc.store.get(tid).collaborators == ("c1@cliente.es", "c2@cliente.es", "pablo@cliente.es")
+    # a staff answer goes to the requester and those three, not to five hundred
+    staff = next(iter(svc.config.queue("general").staff))
+    [notice] = mails(svc, template="staff_new")
+    send(svc, answer_to(notice, "Ya está resuelto.", staff))
+    assert sorted(e.envelope["to"][0] for e in mails(svc, template="staff_answer")) == [
+        "ana@cliente.es", "c1@cliente.es", "c2@cliente.es", "pablo@cliente.es"]
+
+
 def test_collaborator_adds_information_but_cannot_close(svc):
     tid, ack = open_ticket(svc, extra="Cc: luis@cliente.es")
     outcome = send(svc, mail(subject=f"Re: [Soporte #{tid}] x", sender="luis@cliente.es", body="#cerrar",
