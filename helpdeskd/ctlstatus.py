@@ -15,7 +15,8 @@ from pathlib import Path
 
 from .config import load_config
 from .errors import ConfigError
-from .health import DUPLICATES, FILED, IGNORED, age_seconds, attention, daemon_down, outbox_depth, read_status, total
+from .health import (DUPLICATES, FILED, IGNORED, age_seconds, attention, daemon_down, outbox_depth, pid_alive,
+                     read_status, total)
 from .runtime import config_path
 from .store.holding import Holding
 
@@ -79,8 +80,10 @@ def _describe(exc: ConfigError) -> list[str]:
 
 
 def _show(status: dict, outbox: dict[str, int], quarantined: int, problems: list[str]) -> None:
-    age = age_seconds(status.get("updated"))
-    print(f"daemon: {status.get('state', 'unknown')}, pid {status.get('pid')}, started {status.get('started')}"
+    age, state = age_seconds(status.get("updated")), status.get("state", "unknown")
+    if state != "stopped" and not pid_alive(int(status.get("pid", 0))):  # killed, or the machine went down
+        state = f"not running (its last status said {state})"
+    print(f"daemon: {state}, pid {status.get('pid')}, started {status.get('started')}"
           + (f" (status written {age:.0f} s ago)" if age is not None else ""))
     print(f"config: {status.get('config')}, loaded {status.get('config_loaded')}")
     if status.get("reload_failed"):

@@ -297,3 +297,14 @@ def test_a_store_with_the_old_index_layout_is_named_at_start_until_fsck_moves_it
     daemon.wait_event("started")
     assert daemon.events("index_old_layout") == [] and daemon.stop() == 0
     assert TicketStore(tmp_path / "state").read_claim("abcd" + "0" * 28) == {"action": "new", "ticket": 1}
+
+
+def test_status_after_kill_9_says_the_daemon_is_not_running(tmp_path, running):
+    config = write(tmp_path / "helpdeskd.toml", config_data(tmp_path))
+    daemon = running(config, tmp_path / "daemon.log")
+    daemon.wait_event("started")
+    daemon.kill()  # SIGKILL: its status file still says "running"
+    done = ctl(config, "status")
+    first = done.stdout.splitlines()[0]
+    assert done.returncode == 2 and first.startswith("daemon: not running (its last status said running), pid")
+    assert "the daemon is not running" in done.stdout
