@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 from .config import load_config
@@ -18,7 +20,9 @@ from .errors import ConfigError
 from .health import (DUPLICATES, FILED, IGNORED, age_seconds, attention, daemon_down, outbox_depth, pid_alive,
                      read_status, total)
 from .runtime import config_path
+from .settings import Config
 from .store.holding import Holding
+from .store.sentlog import SentLog
 
 EXIT_OK, EXIT_ATTENTION, EXIT_DOWN = 0, 1, 2
 
@@ -34,13 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Runs before (and without needing) a valid config: a broken config is one more thing to report."""
-    state_dir, config_problems = _locate(args)
+    state_dir, config, config_problems = _locate(args)
     if state_dir is None:  # the config is broken: worth attention, but the daemon may well be running
         for line in config_problems:
             print(f"helpdeskctl: {line}", file=sys.stderr)
         return EXIT_ATTENTION
     status, outbox = read_status(state_dir), outbox_depth(state_dir)
-    problems = config_problems + attention(status, outbox)
+    problems = config_problems + attention(status, outbox) + _store_notes(state_dir, config)
     code = EXIT_DOWN if daemon_down(status) else EXIT_ATTENTION if problems else EXIT_OK
     if args.json:
         json.dump({"status": status, "outbox": outbox, "attention": problems, "exit": code}, sys.stdout,
@@ -51,28 +55,49 @@ def main(args: argparse.Namespace) -> int:
     return code
 
 
-def _locate(args: argparse.Namespace) -> tuple[Path | None, list[str]]:
-    """The state directory (from --state-dir, else the config), and the config's problems if it is broken.
+def _locate(args: argparse.Namespace) -> tuple[Path | None, Config | None, list[str]]:
+    """The state directory (from --state-dir, else the config), the config, and its problems if it is broken.
 
     With --state-dir and no -c, the config checked is the one the daemon there runs on (from its status)."""
     if args.state_dir is not None and args.config is None:
         running = (read_status(args.state_dir) or {}).get("config")
-        return args.state_dir, _problems(Path(running)) if running else []
-    path = config_path(args.config)
-    try:
-        config = load_config(path)
-    except ConfigError as exc:
-        problems = _describe(exc)
-        return args.state_dir, problems if args.state_dir else problems + ["give --state-dir to see the status"]
-    return args.state_dir or config.helpdesk.state_dir, []
+        return (args.state_dir, *_load(Path(running))) if running else (args.state_dir, None, [])
+    config, problems = _load(config_path(args.config))
+    if config is None:
+        return args.state_dir, None, problems if args.state_dir else problems + ["give --state-dir to see the status"]
+    return args.state_dir or config.helpdesk.state_dir, config, []
 
 
-def _problems(path: Path) -> list[str]:
+def _load(path: Path) -> tuple[Config | None, list[str]]:
     try:
-        load_config(path)
+        return load_config(path), []
     except ConfigError as exc:
-        return _describe(exc)
-    return []
+        return None, _describe(exc)
+
+
+def _store_notes(state_dir: Path, config: Config | None) -> list[str]:
+    """What the store itself says needs a person: automatic answers paused by the circuit breaker, an
+    index still in its old layout."""
+    found = []
+    if config is not None and (state_dir / "autoreplies" / "all").exists():  # (reading makes no folder then)
+        limits = config.autoreply
+        recent = SentLog(state_dir).count_all(time.time() - limits.global_window_seconds)
+        if recent >= limits.global_max:
+            found.append(f"automatic answers are paused: {recent} queued in the last "
+                         f"{limits.global_window_seconds:.0f} s (autoreply global_max {limits.global_max}); "
+                         "customers get no acknowledgment until fewer were")
+    index = state_dir / "index"
+    if not (index / "layout").exists() and any(_has_entries(index / name) for name in ("keys", "msgid")):
+        found.append("the ticket index is in its old layout (lookups are slower): run helpdeskd fsck")
+    return found
+
+
+def _has_entries(folder: Path) -> bool:
+    try:
+        with os.scandir(folder) as entries:
+            return next(entries, None) is not None
+    except FileNotFoundError:
+        return False
 
 
 def _describe(exc: ConfigError) -> list[str]:

@@ -153,6 +153,29 @@ def test_status_file_is_replaced_whole_and_judged(tmp_path):
     assert "not running" in attention(status, {})[0]
 
 
+def test_status_says_when_automatic_answers_are_paused_or_the_index_is_old(tmp_path):
+    from helpdeskd.ctlstatus import _store_notes
+    from helpdeskd.store.sentlog import SentLog
+    from helpdeskd.store.tickets import TicketStore
+
+    data = config_data(tmp_path)
+    data["autoreply"] = {"global_max": 3}
+    config = load_config(write_config(tmp_path, data))
+    state = config.helpdesk.state_dir
+    assert _store_notes(state, config) == [] and not state.exists()  # looking makes nothing
+    sent, now = SentLog(state), time.time()
+    for n in range(3):
+        assert _store_notes(state, config) == []
+        sent.record(f"c{n}@cliente.es", f"id{n}", now, 3600)
+    [paused] = _store_notes(state, config)
+    assert paused.startswith("automatic answers are paused: 3 queued in the last 3600 s (autoreply global_max 3)")
+    store = TicketStore(state)
+    store.write_claim("abcd" + "0" * 28, {"action": "new", "ticket": 1})
+    (state / "index" / "layout").unlink()  # as a store from before the current index layout
+    assert _store_notes(state, config)[1] == ("the ticket index is in its old layout (lookups are slower): "
+                                              "run helpdeskd fsck")
+
+
 def test_status_tells_duplicates_from_ignored_mail(capsys):
     from helpdeskd.ctlstatus import _show_mailbox
 
