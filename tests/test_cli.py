@@ -194,3 +194,13 @@ def test_staff_work_from_the_command_line(tmp_path):
     assert {m["envelope"]["template"] for m in to_customer} == {"ack_new", "staff_answer", "closed"}
     shown = helpdeskctl(*c, "show", "1").stdout
     assert "INTERNAL NOTE" in shown and "cliente importante" in shown
+
+
+def test_helpdeskctl_takes_the_config_before_or_after_the_command():
+    from helpdeskd.ctl import _parser
+
+    parser = _parser()
+    assert parser.parse_args(["-c", "a.toml", "status"]).config == "a.toml"
+    assert parser.parse_args(["status", "-c", "b.toml"]).config == "b.toml"  # as "helpdeskd deliver -c FILE"
+    assert parser.parse_args(["list", "--all", "--config", "c.toml"]).config == "c.toml"
+    assert parser.parse_args(["show", "3"]).config is None  # then $HELPDESKD_CONFIG or /etc/helpdeskd
