@@ -292,7 +292,7 @@ def test_a_store_with_the_old_index_layout_is_named_at_start_until_fsck_moves_it
     [warning] = daemon.wait_event("index_old_layout")
     assert "helpdeskd fsck" in warning["hint"] and daemon.stop() == 0
     done = run_cli("fsck", "-c", str(config))
-    assert "index entries moved to the current layout: 1" in done.stdout, done.stdout + done.stderr
+    assert "claims moved to the current index layout: 1" in done.stdout, done.stdout + done.stderr
     daemon = running(config, tmp_path / "second.log")
     daemon.wait_event("started")
     assert daemon.events("index_old_layout") == [] and daemon.stop() == 0

@@ -37,7 +37,7 @@ def fsck(state_dir: Path, *, rebuild: bool = True, verify_mail: bool = False, li
         ensure_dir(state_dir / "index" / "msgid")
         moved = store.upgrade_index(everywhere=True)
         if moved:
-            report.repaired.append(f"index entries moved to the current layout: {moved}")
+            report.repaired.append(f"claims moved to the current index layout: {moved} (Message-IDs are indexed anew)")
     highest = 0
     with store.sync.batch():  # one commit for the whole rebuild, not two fsyncs per index entry
         for ticket_id in store.iter_ids():
