@@ -347,8 +347,8 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--as", dest="scope_text", metavar="SCOPE",
                              help="act as admin (default), reseller:NAME, domain:DOMAIN or user:ADDRESS")
     add_status_parser(sub)
-    for command in sub.choices.values():  # "-c" after the command too, as helpdeskd takes it
-        command.add_argument("-c", "--config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    for command in (*sub.choices.values(), retry):  # "-c" after the command too, as helpdeskd takes it
+        command.add_argument("-c", dest="config", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 

@@ -21,7 +21,6 @@ from .health import (DUPLICATES, FILED, IGNORED, age_seconds, attention, daemon_
                      read_status, total)
 from .runtime import config_path
 from .settings import Config
-from .store.holding import Holding
 from .store.sentlog import SentLog
 
 EXIT_OK, EXIT_ATTENTION, EXIT_DOWN = 0, 1, 2
@@ -51,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
                   ensure_ascii=False, indent=1)
         print()
     else:
-        _show(status or {}, outbox, len(list(Holding(state_dir, "quarantine").items())), problems)
+        _show(status or {}, outbox, _count_eml(state_dir / "quarantine"), problems)
     return code
 
 
@@ -79,25 +78,37 @@ def _store_notes(state_dir: Path, config: Config | None) -> list[str]:
     """What the store itself says needs a person: automatic answers paused by the circuit breaker, an
     index still in its old layout."""
     found = []
-    if config is not None and (state_dir / "autoreplies" / "all").exists():  # (reading makes no folder then)
-        limits = config.autoreply
-        recent = SentLog(state_dir).count_all(time.time() - limits.global_window_seconds)
-        if recent >= limits.global_max:
-            found.append(f"automatic answers are paused: {recent} queued in the last "
-                         f"{limits.global_window_seconds:.0f} s (autoreply global_max {limits.global_max}); "
-                         "customers get no acknowledgment until fewer were")
-    index = state_dir / "index"
-    if not (index / "layout").exists() and any(_has_entries(index / name) for name in ("keys", "msgid")):
-        found.append("the ticket index is in its old layout (lookups are slower): run helpdeskd fsck")
+    try:
+        if config is not None and (state_dir / "autoreplies" / "all").exists():  # (reading makes no folder then)
+            limits = config.autoreply
+            recent = SentLog(state_dir).count_all(time.time() - limits.global_window_seconds)
+            if recent >= limits.global_max:
+                found.append(f"automatic answers are paused: {recent} queued in the last "
+                             f"{limits.global_window_seconds:.0f} s (autoreply global_max {limits.global_max}); "
+                             "customers get no acknowledgment until fewer were")
+        index = state_dir / "index"
+        if not (index / "layout").exists() and any(_count(index / name, "") for name in ("keys", "msgid")):
+            found.append("the ticket index is in its old layout (lookups are slower): run helpdeskd fsck")
+    except OSError as exc:  # a monitoring user who may not read the state directory
+        found.append(f"could not read the state directory: {exc}")
     return found
 
 
-def _has_entries(folder: Path) -> bool:
+def _count_eml(folder: Path) -> int:
+    """Messages kept in a holding folder (quarantine/), counted without making or reading anything."""
+    try:
+        return _count(folder, ".eml")
+    except OSError:
+        return 0
+
+
+def _count(folder: Path, suffix: str) -> int:
+    """Entries of ``folder`` whose names end in ``suffix``; 0 when it does not exist."""
     try:
         with os.scandir(folder) as entries:
-            return next(entries, None) is not None
+            return sum(1 for entry in entries if entry.name.endswith(suffix))
     except FileNotFoundError:
-        return False
+        return 0
 
 
 def _describe(exc: ConfigError) -> list[str]:
@@ -106,7 +117,7 @@ def _describe(exc: ConfigError) -> list[str]:
 
 def _show(status: dict, outbox: dict[str, int], quarantined: int, problems: list[str]) -> None:
     age, state = age_seconds(status.get("updated")), status.get("state", "unknown")
-    if state != "stopped" and not pid_alive(int(status.get("pid", 0))):  # killed, or the machine went down
+    if status.get("pid") and state != "stopped" and not pid_alive(int(status["pid"])):  # killed, or a reboot
         state = f"not running (its last status said {state})"
     print(f"daemon: {state}, pid {status.get('pid')}, started {status.get('started')}"
           + (f" (status written {age:.0f} s ago)" if age is not None else ""))

@@ -347,8 +347,8 @@ def _cc(cmd: Command, changes: list[Change], errors: list[str], config: Config, 
         errors.append(f"{cmd.source}: write #cc add ADDRESS or #cc remove ADDRESS")
     elif action == "add" and not _collaborators_from((addr,), "", config):
         errors.append(f"{cmd.source}: {addr} is the helpdesk or its staff, not a collaborator")
-    elif action == "add" and addr not in current and len(_after_cc(current, changes)) >= most:
-        errors.append(f"{cmd.source}: this ticket has {most} collaborators already, the most it may have")
+    elif action == "add" and addr not in (after := _after_cc(current, changes)) and len(after) >= most:
+        errors.append(f"{cmd.source}: a ticket may have at most {most} collaborators")
     else:
         changes.append(Change(f"cc_{action}", addr))
 

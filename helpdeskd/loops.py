@@ -61,11 +61,14 @@ def _is_report_type(message: Message) -> bool:
 
 
 def can_write_to(addr: str) -> bool:
-    """An address we can put in a header and an envelope as is: one @, ASCII, no separators or quotes.
+    """An address we can put in a header and an envelope as is: a local part, one @ and a domain,
+    ASCII, no separators or quotes ("@relay" or "root" is no address).
 
     (Internationalised addresses would need SMTPUTF8 end to end; we record such mail without answering.)
     """
-    return addr.isascii() and addr.count("@") == 1 and not any(ch in addr for ch in '\r\n<>,; "()[]\\')
+    local, at, domain = addr.partition("@")
+    return (addr.isascii() and bool(local and at and domain) and "@" not in domain
+            and not any(ch in addr for ch in '\r\n<>,; "()[]\\'))
 
 
 def _sender_reason(message: Message, our_address: str) -> str | None:

@@ -203,27 +203,26 @@ def addresses(root: MimePart, name: str, state: ParseState) -> tuple[Address, ..
         return ()
     words: list[str] = []
     try:
-        pairs = _split_addresses([_OBS_ROUTE.sub("<", _hide_words(v, words)) for v in values])
+        pairs = _split_addresses([_drop_routes(_hide_words(v, words)) for v in values])
     except (RecursionError, IndexError, ValueError):
         # _parseaddr recurses on nested comments; a hostile "((((…" must not cost us the mail.
         state.defect(f"unparsable {name} header")
         pairs = [("", m) for v in values for m in _ADDR_FALLBACK.findall(v)]
     pairs = [(_show_words(n, words), _show_words(a, words)) for n, a in pairs]
-    found = [_address(n, a, state) for n, a in pairs if sanitise(a).strip()]
-    if any(not _is_mailbox(a.addr) for a in found):
-        state.defect(f"{name} header with something that is not an address")
-    return tuple(a for a in found if _is_mailbox(a.addr))
+    return tuple(_address(n, a, state) for n, a in pairs if sanitise(a).strip())
 
 
 # An obsolete route before an address (RFC 5322 obs-route, "<@relay1,@relay2:user@example>"): the
-# stdlib splits it at its comma and takes "@relay2" for the address. Routes are to be ignored.
-_OBS_ROUTE = re.compile(r"<[ \t]*@[^<>\":]*:")
+# stdlib splits it at its comma and takes "@relay2" for the address. Routes are to be ignored. Only
+# the route's own grammar matches (domains, commas, a colon), never across a quote or a comment.
+_DOMAIN_IN_ROUTE = r"@[^<>\":,()@\s]*"
+_OBS_ROUTE = re.compile(rf"<[ \t]*{_DOMAIN_IN_ROUTE}(?:[ \t]*,[ \t]*{_DOMAIN_IN_ROUTE})*[ \t]*:")
 
 
-def _is_mailbox(addr: str) -> bool:
-    """Something mail can go to: a local part and a domain (a quoted local part may hold an "@")."""
-    local, at, domain = addr.rpartition("@")
-    return bool(at and local and domain) and "@" not in domain
+def _drop_routes(value: str) -> str:
+    """``value`` without obsolete routes; left as it is when it quotes anything (a route-shaped text
+    inside a quoted display name is no route, and routes in quoted mail are too rare to parse for)."""
+    return value if '"' in value or "<" not in value else _OBS_ROUTE.sub("<", value)
 
 
 # The shape of nearly every address header: one "Display Name <local@domain>" or "local@domain",

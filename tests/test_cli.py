@@ -202,5 +202,6 @@ def test_helpdeskctl_takes_the_config_before_or_after_the_command():
     parser = _parser()
     assert parser.parse_args(["-c", "a.toml", "status"]).config == "a.toml"
     assert parser.parse_args(["status", "-c", "b.toml"]).config == "b.toml"  # as "helpdeskd deliver -c FILE"
-    assert parser.parse_args(["list", "--all", "--config", "c.toml"]).config == "c.toml"
+    assert parser.parse_args(["outbox", "retry", "--all", "-c", "c.toml"]).config == "c.toml"
+    assert parser.parse_args(["--config", "d.toml", "list", "--c", "dns"]).category == ["dns"]  # still --category
     assert parser.parse_args(["show", "3"]).config is None  # then $HELPDESKD_CONFIG or /etc/helpdeskd

@@ -160,9 +160,12 @@ def test_status_says_when_automatic_answers_are_paused_or_the_index_is_old(tmp_p
 
     data = config_data(tmp_path)
     data["autoreply"] = {"global_max": 3}
-    config = load_config(write_config(tmp_path, data))
+    path = write_config(tmp_path, data)
+    config = load_config(path)
     state = config.helpdesk.state_dir
-    assert _store_notes(state, config) == [] and not state.exists()  # looking makes nothing
+    assert _store_notes(state, config) == []
+    for extra in ([], ["--json"]):  # looking makes nothing: status may run as root on another user's folder
+        assert ctl.main(["-c", str(path), "status", *extra]) == 2 and not state.exists()
     sent, now = SentLog(state), time.time()
     for n in range(3):
         assert _store_notes(state, config) == []
