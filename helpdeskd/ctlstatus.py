@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,9 @@ from .health import (DUPLICATES, FILED, IGNORED, age_seconds, attention, daemon_
                      read_status, total)
 from .runtime import config_path
 from .settings import Config
+from .store.fsutil import count_entries
 from .store.sentlog import SentLog
+from .store.tickets import old_index_layout
 
 EXIT_OK, EXIT_ATTENTION, EXIT_DOWN = 0, 1, 2
 
@@ -86,8 +87,7 @@ def _store_notes(state_dir: Path, config: Config | None) -> list[str]:
                 found.append(f"automatic answers are paused: {recent} queued in the last "
                              f"{limits.global_window_seconds:.0f} s (autoreply global_max {limits.global_max}); "
                              "customers get no acknowledgment until fewer were")
-        index = state_dir / "index"
-        if not (index / "layout").exists() and any(_count(index / name, "") for name in ("keys", "msgid")):
+        if old_index_layout(state_dir):
             found.append("the ticket index is in its old layout (lookups are slower): run helpdeskd fsck")
     except OSError as exc:  # a monitoring user who may not read the state directory
         found.append(f"could not read the state directory: {exc}")
@@ -97,17 +97,8 @@ def _store_notes(state_dir: Path, config: Config | None) -> list[str]:
 def _count_eml(folder: Path) -> int:
     """Messages kept in a holding folder (quarantine/), counted without making or reading anything."""
     try:
-        return _count(folder, ".eml")
+        return count_entries(folder, ".eml")
     except OSError:
-        return 0
-
-
-def _count(folder: Path, suffix: str) -> int:
-    """Entries of ``folder`` whose names end in ``suffix``; 0 when it does not exist."""
-    try:
-        with os.scandir(folder) as entries:
-            return sum(1 for entry in entries if entry.name.endswith(suffix))
-    except FileNotFoundError:
         return 0
 
 

@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .decide import strip_imitations
+from .health import pid_alive
 from .identity import code_candidates
 from .lang import guessed_language
 from .logs import get
@@ -224,21 +225,11 @@ def _exit_with(daemon: int) -> None:
         if watched is not None:
             select.select([watched], [], [])
         else:
-            while _alive(daemon):
+            while pid_alive(daemon):
                 time.sleep(1)
         os._exit(0)
 
     threading.Thread(target=watch, name="exit-with-daemon", daemon=True).start()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _forget(exc: BaseException, pool: ProcessPoolExecutor | None) -> None:

@@ -440,6 +440,16 @@ def append_line(path: StrPath, line: bytes, *, sync: Syncer = IMMEDIATE) -> None
     sync.directory(os.path.dirname(path))  # the first append creates the file
 
 
+def count_entries(folder: StrPath, suffix: str = "") -> int:
+    """Entries of ``folder`` whose names end in ``suffix``; 0 when it does not exist. Reads no file
+    and makes nothing (status tools run it as any user, on folders the daemon owns)."""
+    try:
+        with os.scandir(folder) as entries:
+            return sum(1 for entry in entries if entry.name.endswith(suffix))
+    except FileNotFoundError:
+        return 0
+
+
 def ensure_dir(path: P, *, sync: Syncer = IMMEDIATE) -> P:
     """Create ``path`` (and parents) if missing, durably: each new entry's directory is synced.
     Returns ``path`` as given."""

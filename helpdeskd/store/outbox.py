@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fsutil import IMMEDIATE, Syncer, atomic_write, create_exclusive, ensure_dir, fsync_dir, read_json
+from .fsutil import IMMEDIATE, Syncer, atomic_write, count_entries, create_exclusive, ensure_dir, fsync_dir, read_json
 
 STATES = ("new", "cur", "failed")
 
@@ -116,15 +116,7 @@ class Outbox:
 
 def outbox_depth(state_dir: Path, states: tuple[str, ...] = STATES) -> dict[str, int]:
     """Messages per state, counted without reading them (and without creating anything)."""
-    return {state: _count_messages(state_dir / "outbox" / state) for state in states}
-
-
-def _count_messages(folder: Path) -> int:
-    try:
-        with os.scandir(folder) as entries:
-            return sum(1 for e in entries if e.name.endswith(".msg"))
-    except FileNotFoundError:
-        return 0
+    return {state: count_entries(state_dir / "outbox" / state, ".msg") for state in states}
 
 
 def _unlink(path: Path) -> None:

@@ -42,7 +42,8 @@ import tomli_w
 
 from ..errors import PermanentError
 from ..ticket import Requester, Status, Ticket
-from .fsutil import Syncer, append_line, atomic_write, create_exclusive, ensure_dir, read_json, write_new
+from .fsutil import (Syncer, append_line, atomic_write, count_entries, create_exclusive, ensure_dir, read_json,
+                     write_new)
 
 LAYOUT = "index/layout"  # present: index entries are one level down (see the module docstring)
 _TICKET_FIELDS = {f.name for f in fields(Ticket)} - {"extra", "requester", "status"}
@@ -74,8 +75,8 @@ class TicketStore:
         self._unit = _Unit()
         for sub in ("tickets", "index/keys", "index/msgid"):
             ensure_dir(state_dir / sub, sync=self.sync)
-        self._legacy = not os.path.exists(f"{self._root}/{LAYOUT}")  # entries may be two levels down
-        if self._legacy and not any(_has_entries(f"{self._root}/index/{i}") for i in ("keys", "msgid")):
+        self._legacy = old_index_layout(state_dir)  # entries may be two levels down
+        if not self._legacy and not os.path.exists(f"{self._root}/{LAYOUT}"):
             self._mark_layout()  # a new store (or one whose first start stopped short): nothing to move
 
     @property
@@ -380,9 +381,11 @@ def _two_levels(path: str) -> str:
     return f"{folder}/{name[2:4]}/{name}"
 
 
-def _has_entries(path: str) -> bool:
-    with os.scandir(path) as entries:
-        return next(entries, None) is not None
+def old_index_layout(state_dir: Path) -> bool:
+    """Whether the store's index may still be in the old two-level layout: it has entries and no
+    ``index/layout``. Reads only (``helpdeskctl status`` asks too)."""
+    index = state_dir / "index"
+    return not (index / "layout").exists() and any(count_entries(index / name) for name in ("keys", "msgid"))
 
 
 def _subfolders(path: str) -> list[str]:
