@@ -102,28 +102,32 @@ def child_helpdeskd(config: str, no_fsync: bool = False, profile: str = "") -> d
     started, cpu = time.perf_counter(), os.times()
     result = poll_pop3_fully(runtime.config.mailboxes[0], svc)
     seconds = time.perf_counter() - started
-    cpu_seconds = sum(os.times()[:2]) - sum(cpu[:2])  # user + system, all threads of this process
+    now = os.times()
+    cpu_seconds = sum(now[:2]) - sum(cpu[:2])  # user + system, all threads of this process
+    system_seconds = now[1] - cpu[1]
     if profiler:
         profiler.disable()
         profiler.dump_stats(profile)
     assert result.error is None, result.error
-    helper_cpu = _helper_cpu_seconds()
+    helper_cpu, helper_system = _helper_cpu_seconds()
     return {"messages": sum(result.counts.values()), "seconds": seconds, "counts": result.counts,
-            "cpu_seconds": cpu_seconds, "helper_cpu_seconds": helper_cpu, "helper_rss_mb": _helper_rss_mb()}
+            "cpu_seconds": cpu_seconds, "system_seconds": system_seconds, "helper_cpu_seconds": helper_cpu,
+            "helper_system_seconds": helper_system, "helper_rss_mb": _helper_rss_mb()}
 
 
-def _helper_cpu_seconds() -> float:
-    """User + system CPU time of the helper process so far (it was started during this run)."""
+def _helper_cpu_seconds() -> tuple[float, float]:
+    """User + system, and system CPU time of the helper process so far (it was started during this run)."""
     from helpdeskd import helper
 
-    pool, total = helper._pool, 0.0
+    pool, total, system = helper._pool, 0.0, 0.0
     for pid in list(pool._processes) if pool is not None else []:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+        system += int(fields[12]) / os.sysconf("SC_CLK_TCK")
+    return total, system
 
 
 def _helper_rss_mb() -> float:
@@ -304,13 +308,16 @@ def main() -> None:
         shutil.rmtree(server_base, ignore_errors=True)
     print(f"N={args.n}  (peak RSS of the measuring child process, and of helpdeskd's helper process)")
     print(f"{'transport':10} {'floor msg/s':>12} {'helpdeskd msg/s':>16} {'b/a':>6} {'floor RSS':>10} {'ours RSS':>10}"
-          f" {'helper RSS':>11} {'CPU ms/msg ours+helper':>23}")
+          f" {'helper RSS':>11} {'CPU ms/msg ours+helper':>23} {'of it system':>13}")
     for r in rows:
         fa, fb = r["floor"], r["helpdeskd"]
         a, b = fa["messages"] / fa["seconds"], fb["messages"] / fb["seconds"]
-        cpu = f"{1000 * fb['cpu_seconds'] / fb['messages']:.2f} + {1000 * fb['helper_cpu_seconds'] / fb['messages']:.2f}"
+        per = {k: 1000 * fb[k] / fb["messages"]
+               for k in ("cpu_seconds", "helper_cpu_seconds", "system_seconds", "helper_system_seconds")}
+        cpu = f"{per['cpu_seconds']:.2f} + {per['helper_cpu_seconds']:.2f}"
+        system = f"{per['system_seconds']:.2f} + {per['helper_system_seconds']:.2f}"
         print(f"{r['protocol']:10} {a:12.0f} {b:16.1f} {b / a:6.3f} {fa['rss_mb']:8.1f}MB {fb['rss_mb']:8.1f}MB"
-              f" {fb['helper_rss_mb']:9.1f}MB {cpu:>23}")
+              f" {fb['helper_rss_mb']:9.1f}MB {cpu:>23} {system:>13}")
         if "what_if_no_fsync" in r:
             w = r["what_if_no_fsync"]
             c = w["messages"] / w["seconds"]

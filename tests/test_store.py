@@ -532,6 +532,38 @@ def test_a_unit_appends_a_tickets_events_together_and_before_its_metadata(tmp_pa
     assert log.read_bytes().splitlines()[-1].startswith(b'{"at"') and store.has_event(1, "note", "n2")
 
 
+
+def test_has_event_reads_the_history_once_per_unit_and_never_misses_an_event(tmp_path, monkeypatch):
+    """The quick answer (the ref's bytes are nowhere in the history) must never hide an event: not
+    one written earlier in the unit, nor one whose ref needs escaping, nor one written by hand."""
+    store = TicketStore(tmp_path)
+    store.save(sample(1))
+    log = store.ticket_dir(1) / "events.jsonl"
+    log.write_bytes(b'{"type":"note","ref":"by-hand","text":"no spaces"}\n'
+                    b'{"type": "note", "ref": "ca\\u00f1a", "text": "escaped by another writer"}\n'
+                    b'{"type": "message", "ref": "m1", "text": "mentions \\"o9\\" in passing"}\n')
+    reads = []
+    real = store._read_history
+    monkeypatch.setattr(store, "_read_history", lambda ticket_id: reads.append(ticket_id) or real(ticket_id))
+    with store.unit():
+        assert store.has_event(1, "note", "by-hand")
+        assert not store.has_event(1, "note", "m1")  # the bytes are there, the type is not
+        assert not store.has_event(1, "reply_queued", "o9")  # there only inside a text: decoded, not found
+        assert store.has_event(1, "note", "caña") and not store.has_event(1, "note", "cana")
+    with store.unit():  # (a unit that decodes nothing: every answer is a quick one)
+        assert not store.has_event(1, "reply_queued", "o1")
+        store.append_event(1, {"type": "reply_queued", "ref": "o1"})
+        store.save(sample(1))  # writes the pending line: the history as read must learn of it
+        assert not store.has_event(1, "reply_queued", "o2") and store.has_event(1, "reply_queued", "o1")
+        store.append_event(1, {"type": "reply_queued", "ref": "o3"})
+        assert store.has_event(1, "reply_queued", "o3")  # pending
+    assert reads.count(1) < 8  # the quick answers came from one read a unit; only doubtful ones decoded
+    assert store.has_event(1, "reply_queued", "o1") and not store.has_event(1, "note", "o1")
+    with store.unit():
+        assert not store.has_event(2, "created", "created")  # no history at all
+        store.append_event(2, {"type": "created", "ref": "created"})
+        assert store.has_event(2, "created", "created")
+
 def test_rate_limit_log_is_one_file_and_reads_its_older_form(tmp_path):
     from helpdeskd.store.sentlog import SentLog
 

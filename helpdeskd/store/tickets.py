@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -38,10 +39,10 @@ from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-import tomli_w
 
 from ..errors import PermanentError
 from ..ticket import Requester, Status, Ticket
+from . import tomlout
 from .fsutil import (Syncer, append_line, atomic_write, count_entries, create_exclusive, ensure_dir, read_json,
                      write_new)
 
@@ -59,6 +60,7 @@ class _Unit(threading.local):
     def __init__(self) -> None:
         self.depth = 0
         self.events: dict[int, list[dict]] = {}  # histories read (and appended to) in this unit
+        self.raw: dict[int, bytes] = {}  # histories' bytes as read in this unit, and appended since
         self.pending: dict[int, list[bytes]] = {}  # event lines not written yet, per ticket
         self.msgids: dict[str, int | None] = {}  # Message-ID index answers, as read or written
         self.ids: list[int] = []  # reserved ticket ids not handed out yet (ascending)
@@ -106,6 +108,7 @@ class TicketStore:
                         self._write_events(ticket_id)
                 finally:
                     unit.events.clear()
+                    unit.raw.clear()
                     unit.pending.clear()
                     unit.msgids.clear()
 
@@ -193,7 +196,7 @@ class TicketStore:
         """Replace the ticket's metadata atomically (creating its folder the first time)."""
         folder = ensure_dir(self._ticket_dir(ticket.id), sync=self.sync)
         self._write_events(ticket.id)  # history first: saved metadata tells a re-run the mail is filed
-        atomic_write(f"{folder}/ticket.toml", tomli_w.dumps(ticket_to_dict(ticket)).encode(), sync=self.sync)
+        atomic_write(f"{folder}/ticket.toml", tomlout.dumps(ticket_to_dict(ticket)).encode(), sync=self.sync)
 
     def store_mail(self, ticket: Ticket, key: str, raw: bytes, name: str = "") -> str:
         """Keep raw bytes under ``mail/``; returns the file name. Storing the same key twice is a no-op.
@@ -256,10 +259,14 @@ class TicketStore:
             self._write_events(ticket_id)
 
     def _write_events(self, ticket_id: int) -> None:
-        lines = self._unit.pending.pop(ticket_id, None)
+        unit = self._unit
+        lines = unit.pending.pop(ticket_id, None)
         if lines:
             folder = ensure_dir(self._ticket_dir(ticket_id), sync=self.sync)
-            append_line(f"{folder}/events.jsonl", b"".join(lines), sync=self.sync)
+            data = b"".join(lines)
+            append_line(f"{folder}/events.jsonl", data, sync=self.sync)
+            if ticket_id in unit.raw:
+                unit.raw[ticket_id] += data
 
     def events(self, ticket_id: int) -> list[dict]:
         """The ticket's history, oldest first. A torn last line (crash mid-append) is skipped."""
@@ -273,20 +280,35 @@ class TicketStore:
         return history
 
     def _read_events(self, ticket_id: int) -> list[dict]:
-        try:
-            with open(f"{self._ticket_dir(ticket_id)}/events.jsonl", "rb") as file:
-                lines = file.read().splitlines()
-        except FileNotFoundError:
-            return []
         out = []
-        for line in lines:
+        for line in self._read_history(ticket_id).splitlines():
             try:
                 out.append(json.loads(line))
             except ValueError:
                 continue
         return out
 
+    def _read_history(self, ticket_id: int) -> bytes:
+        try:
+            with open(f"{self._ticket_dir(ticket_id)}/events.jsonl", "rb") as file:
+                return file.read()
+        except FileNotFoundError:
+            return b""
+
     def has_event(self, ticket_id: int, type_: str, ref: str) -> bool:
+        unit = self._unit
+        if ticket_id not in unit.events and _PLAIN_REF.fullmatch(ref):
+            # A ref of plain characters is written as itself in quotes, whoever wrote the line: where
+            # those bytes are nowhere in the history, no event has it (no JSON decoded, which is most
+            # of what reading a history costs); where they are, the events decide.
+            needle = f'"{ref}"'.encode()
+            raw = unit.raw.get(ticket_id)
+            if raw is None:
+                raw = self._read_history(ticket_id)
+                if unit.depth:
+                    unit.raw[ticket_id] = raw
+            if needle not in raw and not any(needle in line for line in unit.pending.get(ticket_id, ())):
+                return False
         return any(e.get("type") == type_ and e.get("ref") == ref for e in self.events(ticket_id))
 
     # -- indexes -------------------------------------------------------------------------------
@@ -364,6 +386,9 @@ class TicketStore:
     def _mark_layout(self) -> None:
         write_new(f"{self._root}/{LAYOUT}", b"1\n", sync=self.sync)
         self._legacy = False
+
+
+_PLAIN_REF = re.compile(r"[ !#-.0-\[\]-~]*")  # printable ASCII but for the quote, the backslash and the slash
 
 
 def _read_msgid(path: str) -> int | None:
