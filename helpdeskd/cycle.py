@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from .actions import (Change, ConfirmIdentity, Decision, FollowUp, Hold, Ignore, NewTicket, Refuse, Send, StatusReport,
                       reply_template)
@@ -146,7 +146,8 @@ def _claim(message: Message, decision: Decision, svc: Services) -> dict:
     claim = {"lang": decision.language, "notes": list(decision.notes),
              "sends": [[s.template, s.to, s.kind] for s in decision.sends]}
     if isinstance(action, NewTicket):
-        claim.update(action="new", ticket=svc.store.allocate_id(), new=asdict(action), token=secrets.token_hex(16))
+        claim.update(action="new", ticket=svc.store.allocate_id(), new=new_ticket_record(action),
+                     token=secrets.token_hex(16))
     elif isinstance(action, FollowUp):
         claim.update(action="followup", ticket=action.ticket_id, role=action.role, reopen=action.reopen,
                      changes=[[c.field, c.value] for c in action.changes], relay=action.relay,
@@ -158,6 +159,11 @@ def _claim(message: Message, decision: Decision, svc: Services) -> dict:
     elif isinstance(action, (StatusReport, ConfirmIdentity)):
         claim.update(status_claim(action, svc))
     return claim
+
+
+def new_ticket_record(action: NewTicket) -> dict:
+    """``dataclasses.asdict(action)`` (what a claim keeps of a new ticket), without its deep copies."""
+    return {**vars(action), "requester": dict(vars(action.requester))}
 
 
 def _apply(message: Message, inbound: Inbound, claim: dict, svc: Services, *, again: bool,
@@ -175,7 +181,7 @@ def _apply(message: Message, inbound: Inbound, claim: dict, svc: Services, *, ag
         return Outcome(action, None, message.message_id, None if action == "duplicate" else reply,
                        "; ".join([detail, *claim["notes"]]))
     if claim["action"] == "new":
-        ticket = _create(claim, svc, inbound.source)
+        ticket = _create(claim, svc, inbound.source, fresh=not again)
     else:
         ticket = known or svc.store.get(claim["ticket"])
     if ticket is None:
@@ -203,8 +209,10 @@ def _outcome_name(claim: dict) -> str:
     return "reopened" if claim.get("reopen") else "followup"
 
 
-def _create(claim: dict, svc: Services, source: str) -> Ticket:
-    existing = svc.store.get(claim["ticket"])
+def _create(claim: dict, svc: Services, source: str, fresh: bool) -> Ticket:
+    """The ticket a "new" claim made; ``fresh``: the claim was made just now, under the same lock,
+    for an id whose folder did not exist (else the ticket may be there already: a re-run)."""
+    existing = None if fresh else svc.store.get(claim["ticket"])
     if existing is not None:
         return existing
     new, now = claim["new"], svc.now()

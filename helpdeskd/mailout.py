@@ -59,12 +59,13 @@ def collecting(jobs: list[MailJob], earlier: frozenset[str] = frozenset()) -> It
     composed and queued; the caller passes each job's :func:`compose_job` result to :func:`finish_job`.
     ``earlier``: outbox ids of jobs collected before and not finished yet (the batch before's): asked
     for again, by another copy of the same message, they are not collected twice."""
-    outer = getattr(_collector, "jobs", None), getattr(_collector, "earlier", frozenset())
-    _collector.jobs, _collector.earlier = jobs, earlier
+    outer = (getattr(_collector, "jobs", None), getattr(_collector, "earlier", frozenset()),
+             getattr(_collector, "ids", set()))
+    _collector.jobs, _collector.earlier, _collector.ids = jobs, earlier, {job.out_id for job in jobs}
     try:
         yield
     finally:
-        _collector.jobs, _collector.earlier = outer
+        _collector.jobs, _collector.earlier, _collector.ids = outer
 
 
 def queue_sends(svc: Services, ticket: Ticket, sends: list[Send], occasion: Occasion) -> list[Send]:
@@ -84,10 +85,11 @@ def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occ
         return 0
     collected = getattr(_collector, "jobs", None)
     if collected is not None:
-        if out_id in _collector.earlier or any(other.out_id == out_id for other in collected):
+        if out_id in _collector.earlier or out_id in _collector.ids:
             return 0  # asked for already (another copy of the same message): queued once
         before_enqueue(svc, person.addr, out_id, send.kind)
         collected.append(job)
+        _collector.ids.add(out_id)
         return 1
     return finish_job(svc, job, compose_job(svc.config, svc.templates, job))
 
@@ -131,8 +133,8 @@ def _record_queued(svc: Services, job: MailJob) -> None:
 def recent_autoreplies(addrs: list[str], svc: Services) -> tuple[dict[str, int], int]:
     """Counts for the rate limits: per address within its window, and in all within the global one."""
     now, limits = svc.clock().timestamp(), svc.config.autoreply
-    per = {a: svc.sent.count(a, now - limits.per_recipient_window_seconds) for a in addrs if a}
-    return per, svc.sent.count_all(now - limits.global_window_seconds)
+    return svc.sent.counts([a for a in addrs if a], now - limits.per_recipient_window_seconds,
+                           now - limits.global_window_seconds)
 
 
 def before_enqueue(svc: Services, addr: str, out_id: str, kind: str) -> None:

@@ -331,3 +331,17 @@ def test_a_re_run_that_queues_only_the_staff_notice_does_not_name_the_senders_an
     assert (again.action, again.reply) == ("new", None)  # the notice is queued now; the ack was already
     assert sorted(e.envelope["template"] for e in svc.outbox.entries()) == ["ack_new", "staff_new"]
     assert file_safely(Inbound("t", "1", raw), svc).action == "duplicate"
+
+
+def test_a_claims_new_ticket_record_is_what_asdict_gives():
+    from dataclasses import asdict
+
+    from helpdeskd.actions import NewTicket
+    from helpdeskd.cycle import new_ticket_record
+    from helpdeskd.ticket import Requester
+
+    action = NewTicket("Asunto", Requester("ana@example.net", "Ana", "es"), "soporte", "alta", "correo",
+                       collaborators=("b@example.net",), linked=(4,), role="owner", domain="example.net")
+    assert new_ticket_record(action) == asdict(action)
+    assert new_ticket_record(NewTicket("s", Requester("x@example.net"), "q", "p", "c")) == \
+        asdict(NewTicket("s", Requester("x@example.net"), "q", "p", "c"))

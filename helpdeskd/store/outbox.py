@@ -19,7 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .fsutil import IMMEDIATE, Syncer, atomic_write, count_entries, create_exclusive, ensure_dir, fsync_dir, read_json
+from .fsutil import (IMMEDIATE, Syncer, atomic_write, count_entries, create_exclusive, ensure_dir, exists, fsync_dir,
+                     read_json)
 
 STATES = ("new", "cur", "failed")
 
@@ -44,7 +45,7 @@ class Outbox:
     def state_of(self, msg_id: str) -> str | None:
         """Where the message with this id is, or None if it was never queued."""
         for state in STATES:
-            if os.path.exists(f"{self.root}/{state}/{msg_id}.msg"):  # checked for every mail: no pathlib
+            if exists(f"{self.root}/{state}/{msg_id}.msg"):  # checked for every mail: no pathlib
                 return state
         return None
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,8 +58,15 @@ class SentLog:
 
     def count(self, addr: str, since: float) -> int:
         """Automatic messages queued to ``addr`` at or after ``since`` (a Unix time)."""
-        times = self._current().per_recipient.get(_digest(addr), [])
-        return len(times) - bisect.bisect_left(times, since)
+        return self.counts([addr], since, since)[0][addr]
+
+    def counts(self, addrs: list[str], since_each: float, since_all: float) -> tuple[dict[str, int], int]:
+        """:meth:`count` for each of ``addrs`` and :meth:`count_all`, from one look at the file."""
+        parsed, each = self._current(), {}
+        for addr in addrs:
+            times = parsed.per_recipient.get(_digest(addr), [])
+            each[addr] = len(times) - bisect.bisect_left(times, since_each)
+        return each, len(parsed.times) - bisect.bisect_left(parsed.times, since_all)
 
     def count_all(self, since: float) -> int:
         """Automatic messages queued to anyone at or after ``since``."""
@@ -112,7 +120,7 @@ def _format(line: tuple[float, str, str]) -> str:
 
 def _identity(path: Path) -> tuple[int, int, int]:
     try:
-        info = path.stat()
+        info = os.stat(str(path))  # (checked twice or more for every message: not through pathlib)
     except FileNotFoundError:
         return (0, 0, 0)
     return (info.st_ino, info.st_size, info.st_mtime_ns)

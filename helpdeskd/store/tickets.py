@@ -43,8 +43,8 @@ from pathlib import Path
 from ..errors import PermanentError
 from ..ticket import Requester, Status, Ticket
 from . import tomlout
-from .fsutil import (Syncer, append_line, atomic_write, count_entries, create_exclusive, ensure_dir, read_json,
-                     write_new)
+from .fsutil import (Syncer, append_line, atomic_write, count_entries, create_exclusive, ensure_dir, exists,
+                     read_json, write_new)
 
 LAYOUT = "index/layout"  # present: index entries are one level down (see the module docstring)
 _TICKET_FIELDS = {f.name for f in fields(Ticket)} - {"extra", "requester", "status"}
@@ -153,13 +153,16 @@ class TicketStore:
         An id whose folder exists is skipped: after a power failure the sequence file may be older
         than the folders written in the same group commit.
         """
-        reserved = self._unit.ids
-        while reserved:
-            candidate = reserved.pop(0)
-            if not os.path.exists(self._ticket_dir(candidate)):
-                return candidate
-        candidate = self._next_free(self.last_id() + 1)
-        self.set_seq(candidate)
+        unit = self._unit
+        while unit.ids:
+            candidate = unit.ids.pop(0)
+            if not exists(self._ticket_dir(candidate)):
+                break
+        else:
+            candidate = self._next_free(self.last_id() + 1)
+            self.set_seq(candidate)
+        if unit.depth:  # no folder, so no history: nothing to read while this unit lasts
+            unit.raw.setdefault(candidate, b"")
         return candidate
 
     def set_seq(self, last: int) -> None:
@@ -167,7 +170,7 @@ class TicketStore:
         atomic_write(f"{self._root}/seq", f"{last}\n".encode(), sync=self.sync)
 
     def _next_free(self, candidate: int) -> int:
-        while os.path.exists(self._ticket_dir(candidate)):
+        while exists(self._ticket_dir(candidate)):
             candidate += 1
         return candidate
 
@@ -207,7 +210,7 @@ class TicketStore:
             if existing is not None:
                 return existing
         else:
-            ensure_dir(mail, sync=self.sync)
+            ensure_dir(mail, sync=self.sync, missing=True)
         if not (name.endswith(f"-{key}.eml") and "/" not in name):
             name = f"{ticket.mail_count + 1:04d}-{key}.eml"
         create_exclusive(f"{mail}/{name}", raw, sync=self.sync)
@@ -262,9 +265,12 @@ class TicketStore:
         unit = self._unit
         lines = unit.pending.pop(ticket_id, None)
         if lines:
-            folder = ensure_dir(self._ticket_dir(ticket_id), sync=self.sync)
-            data = b"".join(lines)
-            append_line(f"{folder}/events.jsonl", data, sync=self.sync)
+            folder, data = self._ticket_dir(ticket_id), b"".join(lines)
+            try:  # the folder is there but for a ticket's first events
+                append_line(f"{folder}/events.jsonl", data, sync=self.sync)
+            except FileNotFoundError:
+                ensure_dir(folder, sync=self.sync)
+                append_line(f"{folder}/events.jsonl", data, sync=self.sync)
             if ticket_id in unit.raw:
                 unit.raw[ticket_id] += data
 
@@ -321,9 +327,12 @@ class TicketStore:
         return found
 
     def write_claim(self, key: str, record: dict) -> None:
-        path = self._key_path(key)
-        ensure_dir(os.path.dirname(path), sync=self.sync)
-        write_new(path, json.dumps(record, sort_keys=True).encode(), sync=self.sync)
+        path, data = self._key_path(key), json.dumps(record, sort_keys=True).encode()
+        try:  # the bucket is there but for a young store's first claims in it
+            write_new(path, data, sync=self.sync)
+        except FileNotFoundError:
+            ensure_dir(os.path.dirname(path), sync=self.sync)
+            write_new(path, data, sync=self.sync)
 
     def index_message_id(self, message_id: str, ticket_id: int, claim_key: str = "") -> None:
         """Record that ``message_id`` is filed in ``ticket_id``. ``claim_key``: the key of the message
