@@ -45,6 +45,7 @@ looks like an encoded word is encoded instead of being misread. What is done and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from binascii import b2a_base64, b2a_qp
@@ -109,7 +110,7 @@ def compose(
         _fold("From", _address(from_name, from_addr, _room("From"))),
         _fold("To", _address(to_name, to_addr, _room("To"))),
         _fold("Subject", _text(one_line(rendered.subject), _room("Subject"))),
-        "Date: " + format_datetime(date),
+        "Date: " + _date(date.replace(microsecond=0)),
         _fold("Message-ID", [f"<{message_id}>"]),
     ]
     if _writable_id(in_reply_to):
@@ -145,6 +146,12 @@ _HTML_PART = "Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encodin
 
 
 # -- headers ------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=16)
+def _date(when: datetime) -> str:
+    """The Date header's value (whole seconds): mail composed in the same second shares it."""
+    return format_datetime(when)
+
 
 def _fold(name: str, words: list[str]) -> str:
     """``Name: words`` folded at the spaces between words so lines stay within 78 characters where a

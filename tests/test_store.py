@@ -67,6 +67,9 @@ def test_create_exclusive_never_overwrites(tmp_path, monkeypatch, unnamed):
     assert oct(path.stat().st_mode & 0o777) == oct(0o640 & ~_umask())
     assert linked == [str(path)]  # the second call stopped at the existing name
     assert fsutil._unnamed is unnamed  # this machine (Linux, ext4/tmpfs, /proc) links unnamed files
+    # a caller that has just looked (the outbox, after state_of) skips the look, not the exclusivity
+    assert not create_exclusive(path, b"third", looked=True) and path.read_bytes() == b"first"
+    assert sorted(os.listdir(tmp_path)) == ["m.eml"]
 
 
 def test_create_exclusive_falls_back_when_proc_is_missing(tmp_path, monkeypatch):

@@ -353,15 +353,16 @@ def write_new(path: StrPath, data: bytes, *, sync: Syncer = IMMEDIATE) -> None:
     sync.directory(os.path.dirname(path))
 
 
-def create_exclusive(path: StrPath, data: bytes, *, sync: Syncer = IMMEDIATE) -> bool:
-    """Create ``path`` with ``data`` unless it exists. Returns False when it already did.
+def create_exclusive(path: StrPath, data: bytes, *, sync: Syncer = IMMEDIATE, looked: bool = False) -> bool:
+    """Create ``path`` with ``data`` unless it exists. Returns False when it already did. ``looked``:
+    the caller has just found the name free (the create still fails where it is taken meanwhile).
 
     The file appears under its final name only when complete (written as an unnamed file, or aside
     under a temporary name, then hard-linked), so a crash never leaves a half-written file behind
     that later looks valid.
     """
     path = os.fspath(path)
-    if exists(path):
+    if not looked and exists(path):
         return False
     created = _link_unnamed(path, data, sync)
     if created is not None:

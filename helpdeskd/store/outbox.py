@@ -57,7 +57,7 @@ class Outbox:
         """:meth:`enqueue` for a caller that has just found ``state_of(msg_id)`` None, under the write
         lock (the filing path: one check per mail, not two); a second copy in ``new/`` is still refused."""
         head = json.dumps({"id": msg_id, **envelope}, ensure_ascii=False, sort_keys=True).encode()
-        return create_exclusive(self.root / "new" / f"{msg_id}.msg", head + b"\n" + data, sync=self.sync)
+        return create_exclusive(f"{self.root}/new/{msg_id}.msg", head + b"\n" + data, sync=self.sync, looked=True)
 
     def read(self, path: Path, state: str) -> OutboxEntry:
         head, _, data = path.read_bytes().partition(b"\n")
