@@ -300,8 +300,10 @@ def own_words(message: Message, claim: dict) -> str:
 
 
 def _message_event(message: Message, file_name: str, claim: dict, words: str) -> dict:
+    """The history's record of a message. ``new_text`` (the sender's new words) is left out where it
+    is the whole text, as in a ticket's first message: readers take ``text`` then."""
     sender = message.sender
-    return {
+    event = {
         "type": "message", "ref": message.key, "file": file_name, "direction": "in",
         "from": sender.addr if sender else "", "from_name": sender.name if sender else "",
         "role": claim.get("role", "requester"), "internal": bool(claim.get("internal")),
@@ -312,6 +314,9 @@ def _message_event(message: Message, file_name: str, claim: dict, words: str) ->
                          "storage_name": a.storage_name} for a in message.attachments],
         "defects": list(message.defects),
     }
+    if words == message.text:
+        del event["new_text"]
+    return event
 
 
 def _occasion(message: Message, claim: dict, words: str, escalated: str = "") -> Occasion:

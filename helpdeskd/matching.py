@@ -17,7 +17,10 @@ from .message import Message
 _OURS = re.compile(r"^hd\.(\d{1,12})\.([0-9a-f]{16})\.[0-9a-z]+@(.+)$", re.IGNORECASE)
 
 
+@functools.lru_cache(maxsize=256)
 def sign(token: str, ticket_id: int) -> str:
+    """The signature our Message-IDs and reply addresses carry (a few per mail: kept for the tickets
+    at hand)."""
     return hmac.digest(token.encode(), f"ticket:{ticket_id}".encode(), "sha256").hex()[:16]
 
 

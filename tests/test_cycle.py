@@ -44,6 +44,9 @@ def test_new_message_becomes_ticket_and_spanish_ack(svc):
     assert ack.in_reply_to == ("m1@cliente.es",)
     assert ack.header("auto-submitted") == "auto-replied"
     assert b"\r\n" in entry.data and b"\n" not in entry.data.replace(b"\r\n", b"")
+    [event] = [e for e in svc.store.events(1) if e["type"] == "message"]
+    assert event["text"].strip()
+    assert "new_text" not in event  # the first message's new words are its whole text: kept once
 
 
 def test_english_sender_gets_english_ack(svc):
