@@ -121,7 +121,7 @@ def _cover(svc: Services, out_id: str, known_new: bool = False) -> None:
     a crash, perhaps written by a helper whose batch never completed: if it waits in ``outbox/new``,
     the current group commit must cover it, or its batch could be deleted upstream first."""
     if known_new or svc.outbox.state_of(out_id) == "new":
-        svc.outbox.sync.written_elsewhere(svc.outbox.path(out_id, "new"))
+        svc.outbox.sync.written_elsewhere(svc.outbox.new_path(out_id))
 
 
 def _record_queued(svc: Services, job: MailJob) -> None:

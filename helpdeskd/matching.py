@@ -98,10 +98,15 @@ def plus_address(base: str, ticket_id: int, token: str) -> str:
     return f"{local}+{ticket_id}-{sign(token, ticket_id)}@{domain}"
 
 
+@functools.lru_cache(maxsize=8)
+def _plus_pattern(base: str) -> re.Pattern[str]:
+    local, _, domain = base.partition("@")
+    return re.compile(rf"^{re.escape(local)}\+(\d{{1,12}})-([0-9a-f]{{16}})@{re.escape(domain)}$")
+
+
 def plus_references(message: Message, base: str) -> list[Reference]:
     """Tickets named by reply addresses in To, Cc and Delivered-To (our plus-addresses)."""
-    local, _, domain = base.lower().partition("@")
-    pattern = re.compile(rf"^{re.escape(local)}\+(\d{{1,12}})-([0-9a-f]{{16}})@{re.escape(domain)}$")
+    pattern = _plus_pattern(base.lower())
     candidates = [a.addr for a in (*message.to, *message.cc)]
     candidates += [v.strip().strip("<>").lower() for v in message.header_all("delivered-to")]
     found: list[Reference] = []
