@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from .actions import (Change, ConfirmIdentity, Decision, FollowUp, Hold, Ignore, NewTicket, Refuse, Send, StatusReport,
                       reply_template)
@@ -146,8 +146,7 @@ def _claim(message: Message, decision: Decision, svc: Services) -> dict:
     claim = {"lang": decision.language, "notes": list(decision.notes),
              "sends": [[s.template, s.to, s.kind] for s in decision.sends]}
     if isinstance(action, NewTicket):
-        claim.update(action="new", ticket=svc.store.allocate_id(), new=new_ticket_record(action),
-                     token=secrets.token_hex(16))
+        claim.update(action="new", ticket=svc.store.allocate_id(), new=asdict(action), token=secrets.token_hex(16))
     elif isinstance(action, FollowUp):
         claim.update(action="followup", ticket=action.ticket_id, role=action.role, reopen=action.reopen,
                      changes=[[c.field, c.value] for c in action.changes], relay=action.relay,
@@ -159,11 +158,6 @@ def _claim(message: Message, decision: Decision, svc: Services) -> dict:
     elif isinstance(action, (StatusReport, ConfirmIdentity)):
         claim.update(status_claim(action, svc))
     return claim
-
-
-def new_ticket_record(action: NewTicket) -> dict:
-    """``dataclasses.asdict(action)`` (what a claim keeps of a new ticket), without its deep copies."""
-    return {**vars(action), "requester": dict(vars(action.requester))}
 
 
 def _apply(message: Message, inbound: Inbound, claim: dict, svc: Services, *, again: bool,
@@ -188,8 +182,9 @@ def _apply(message: Message, inbound: Inbound, claim: dict, svc: Services, *, ag
         raise LookupError(f"ticket #{claim['ticket']} recorded for this message no longer exists")
     words = own_words(message, claim)
     ticket, added, restored = _file(ticket, message, inbound.raw, claim, words, svc)
-    for note in claim["notes"]:
-        event_once(svc, ticket.id, {"type": "note", "ref": message.key, "text": note, "by": "helpdeskd"})
+    for number, note in enumerate(claim["notes"]):  # (the first one's ref as older versions wrote it)
+        ref = f"{message.key}:{number}" if number else message.key
+        event_once(svc, ticket.id, {"type": "note", "ref": ref, "text": note, "by": "helpdeskd"})
     queued = queue_sends(svc, ticket, sends, _occasion(message, claim, words, ticket.escalated))
     action = _outcome_name(claim)
     if again and not added and not queued:
@@ -300,10 +295,8 @@ def own_words(message: Message, claim: dict) -> str:
 
 
 def _message_event(message: Message, file_name: str, claim: dict, words: str) -> dict:
-    """The history's record of a message. ``new_text`` (the sender's new words) is left out where it
-    is the whole text, as in a ticket's first message: readers take ``text`` then."""
     sender = message.sender
-    event = {
+    return {
         "type": "message", "ref": message.key, "file": file_name, "direction": "in",
         "from": sender.addr if sender else "", "from_name": sender.name if sender else "",
         "role": claim.get("role", "requester"), "internal": bool(claim.get("internal")),
@@ -314,9 +307,6 @@ def _message_event(message: Message, file_name: str, claim: dict, words: str) ->
                          "storage_name": a.storage_name} for a in message.attachments],
         "defects": list(message.defects),
     }
-    if words == message.text:
-        del event["new_text"]
-    return event
 
 
 def _occasion(message: Message, claim: dict, words: str, escalated: str = "") -> Occasion:

@@ -59,13 +59,12 @@ def collecting(jobs: list[MailJob], earlier: frozenset[str] = frozenset()) -> It
     composed and queued; the caller passes each job's :func:`compose_job` result to :func:`finish_job`.
     ``earlier``: outbox ids of jobs collected before and not finished yet (the batch before's): asked
     for again, by another copy of the same message, they are not collected twice."""
-    outer = (getattr(_collector, "jobs", None), getattr(_collector, "earlier", frozenset()),
-             getattr(_collector, "ids", set()))
-    _collector.jobs, _collector.earlier, _collector.ids = jobs, earlier, {job.out_id for job in jobs}
+    outer = getattr(_collector, "jobs", None), getattr(_collector, "seen", set())
+    _collector.jobs, _collector.seen = jobs, {*earlier, *(job.out_id for job in jobs)}  # (a set: looked up per mail)
     try:
         yield
     finally:
-        _collector.jobs, _collector.earlier, _collector.ids = outer
+        _collector.jobs, _collector.seen = outer
 
 
 def queue_sends(svc: Services, ticket: Ticket, sends: list[Send], occasion: Occasion) -> list[Send]:
@@ -79,17 +78,18 @@ def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occ
     out_id = hashlib.sha256(f"{occasion.key}:{send.template}:{person.addr}".encode()).hexdigest()[:24]
     mid = make_message_id(ticket.id, ticket.token, out_id, svc.config.helpdesk.message_id_domain)
     job = MailJob(out_id, mid, ticket, send, person, occasion, svc.clock())
-    if svc.outbox.state_of(out_id) is not None:
-        _cover(svc, out_id)
+    state = svc.outbox.state_of(out_id)
+    if state is not None:
+        _cover(svc, out_id, state)
         _record_queued(svc, job)
         return 0
     collected = getattr(_collector, "jobs", None)
     if collected is not None:
-        if out_id in _collector.earlier or out_id in _collector.ids:
+        if out_id in _collector.seen:
             return 0  # asked for already (another copy of the same message): queued once
         before_enqueue(svc, person.addr, out_id, send.kind)
         collected.append(job)
-        _collector.ids.add(out_id)
+        _collector.seen.add(out_id)
         return 1
     return finish_job(svc, job, compose_job(svc.config, svc.templates, job))
 
@@ -111,17 +111,18 @@ def finish_job(svc: Services, job: MailJob, result: bytes | Queued | Unsendable,
         before_enqueue(svc, person.addr, job.out_id, send.kind)
         queued = svc.outbox.put_new(job.out_id, envelope(svc.config, job), result)
     if isinstance(result, Queued) or not queued:  # not written by this process just now
-        _cover(svc, job.out_id, known_new=bool(queued))
+        _cover(svc, job.out_id, "new" if queued else svc.outbox.state_of(job.out_id))
     _record_queued(svc, job)
     return int(queued)
 
 
-def _cover(svc: Services, out_id: str, known_new: bool = False) -> None:
+def _cover(svc: Services, out_id: str, state: str | None) -> None:
     """Mail this process did not just write — the helper's, or found queued when filing again after
-    a crash, perhaps written by a helper whose batch never completed: if it waits in ``outbox/new``,
-    the current group commit must cover it, or its batch could be deleted upstream first."""
-    if known_new or svc.outbox.state_of(out_id) == "new":
-        svc.outbox.sync.written_elsewhere(svc.outbox.new_path(out_id))
+    a crash, perhaps written by a helper whose batch never completed: if it waits in ``outbox/new``
+    (its ``state``, as just looked up), the current group commit must cover it, or its batch could be
+    deleted upstream first."""
+    if state == "new":
+        svc.outbox.sync.written_elsewhere(svc.outbox.path(out_id, "new"))
 
 
 def _record_queued(svc: Services, job: MailJob) -> None:

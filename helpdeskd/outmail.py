@@ -51,7 +51,7 @@ import re
 from binascii import b2a_base64, b2a_qp
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from email.utils import format_datetime, formataddr
 
 from .loops import LOOP_HEADER, can_write_to
@@ -110,7 +110,7 @@ def compose(
         _fold("From", _address(from_name, from_addr, _room("From"))),
         _fold("To", _address(to_name, to_addr, _room("To"))),
         _fold("Subject", _text(one_line(rendered.subject), _room("Subject"))),
-        "Date: " + _date(date.replace(microsecond=0)),
+        "Date: " + _date(date),
         _fold("Message-ID", [f"<{message_id}>"]),
     ]
     if _writable_id(in_reply_to):
@@ -147,9 +147,15 @@ _HTML_PART = "Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encodin
 
 # -- headers ------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=16)
 def _date(when: datetime) -> str:
-    """The Date header's value (whole seconds): mail composed in the same second shares it."""
+    """The Date header's value. In UTC (the daemon's clock) mail of the same second shares one."""
+    if when.tzinfo is timezone.utc:
+        return _utc_date(when.replace(microsecond=0))
+    return format_datetime(when)  # (a cache keyed by instants would mix up zones and repeated hours)
+
+
+@functools.lru_cache(maxsize=16)
+def _utc_date(when: datetime) -> str:
     return format_datetime(when)
 
 

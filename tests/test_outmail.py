@@ -287,3 +287,16 @@ def test_an_unusable_address_is_refused(field, bad):
 def test_an_unwritable_message_id_is_refused(bad):
     with pytest.raises(ValueError):
         build({"rendered": Rendered("s", "x", None), "message_id": bad})
+
+
+def test_the_date_header_is_the_instant_given_in_its_own_zone():
+    """The Date header of mail composed in the same second is formatted once (in UTC, the daemon's
+    clock); the same instant in another zone is still written in that zone."""
+    def date_of(when: datetime) -> str:
+        raw = compose(Rendered("s", "t\n", None), from_name="H", from_addr="h@x.es", to_name="", to_addr="a@y.es",
+                      message_id="m1@x.es", date=when)
+        return next(line for line in raw.decode().split("\r\n") if line.startswith("Date: "))
+
+    utc = datetime(2026, 11, 22, 10, 0, 0, 123456, tzinfo=timezone.utc)
+    assert date_of(utc) == date_of(utc.replace(microsecond=0)) == "Date: Sun, 22 Nov 2026 10:00:00 +0000"
+    assert date_of(utc.astimezone(timezone(timedelta(hours=1)))) == "Date: Sun, 22 Nov 2026 11:00:00 +0100"

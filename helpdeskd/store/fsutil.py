@@ -310,9 +310,14 @@ IMMEDIATE = Syncer()  # the default: every write durable before it returns; neve
 
 
 def exists(path: str) -> bool:
-    """``os.path.exists`` for the hot paths: the same answer (symlinks followed), without raising
-    and catching an exception for each missing file, which is most of what a miss costs in Python."""
-    return os.access(path, os.F_OK)
+    """``os.path.exists`` for the store's own paths (built from numbers and hex digests), on the hot
+    paths: symlinks followed, and no exception raised and caught for each missing file, which is
+    most of what a miss costs in Python. Unlike ``os.path.exists`` it looks with the real user and
+    group ids, which are the effective ones for the daemon and its tools."""
+    try:
+        return os.access(path, os.F_OK)
+    except ValueError:  # a NUL in the name
+        return False
 
 
 def read_json(path: StrPath):
@@ -353,16 +358,15 @@ def write_new(path: StrPath, data: bytes, *, sync: Syncer = IMMEDIATE) -> None:
     sync.directory(os.path.dirname(path))
 
 
-def create_exclusive(path: StrPath, data: bytes, *, sync: Syncer = IMMEDIATE, looked: bool = False) -> bool:
-    """Create ``path`` with ``data`` unless it exists. Returns False when it already did. ``looked``:
-    the caller has just found the name free (the create still fails where it is taken meanwhile).
+def create_exclusive(path: StrPath, data: bytes, *, sync: Syncer = IMMEDIATE) -> bool:
+    """Create ``path`` with ``data`` unless it exists. Returns False when it already did.
 
     The file appears under its final name only when complete (written as an unnamed file, or aside
     under a temporary name, then hard-linked), so a crash never leaves a half-written file behind
     that later looks valid.
     """
     path = os.fspath(path)
-    if not looked and exists(path):
+    if exists(path):
         return False
     created = _link_unnamed(path, data, sync)
     if created is not None:
@@ -381,8 +385,6 @@ def create_exclusive(path: StrPath, data: bytes, *, sync: Syncer = IMMEDIATE, lo
 _proc_fd: tuple[int, int] | None = None  # (pid, descriptor of /proc/self/fd), for linking unnamed files
 _unnamed = hasattr(os, "O_TMPFILE")  # False once this system showed it cannot link them
 _proc_lock = threading.Lock()
-_pid = [os.getpid()]  # this process's, kept current across forks: a system call fewer per file
-os.register_at_fork(after_in_child=lambda: _pid.__setitem__(0, os.getpid()))
 
 
 def _link_unnamed(path: str, data: bytes, sync: Syncer) -> bool | None:
@@ -422,7 +424,7 @@ def _link_unnamed(path: str, data: bytes, sync: Syncer) -> bool | None:
 def _proc_self_fd() -> int | None:
     """A descriptor of this process's /proc/self/fd (opened again after a fork), or None."""
     global _proc_fd, _unnamed
-    pid = _pid[0]
+    pid = os.getpid()
     with _proc_lock:
         if _proc_fd is None or _proc_fd[0] != pid:
             try:
@@ -465,10 +467,10 @@ def ensure_dir(path: P, *, sync: Syncer = IMMEDIATE, missing: bool = False) -> P
     name = os.fspath(path)
     if not missing and os.path.isdir(name):
         return path
-    missing = [name]
-    while not os.path.isdir(parent := os.path.dirname(missing[-1])):
-        missing.append(parent)
-    for folder in reversed(missing):
+    absent = [name]
+    while not os.path.isdir(parent := os.path.dirname(absent[-1])):
+        absent.append(parent)
+    for folder in reversed(absent):
         try:
             os.mkdir(folder)
         except FileExistsError:

@@ -58,20 +58,17 @@ class SentLog:
 
     def count(self, addr: str, since: float) -> int:
         """Automatic messages queued to ``addr`` at or after ``since`` (a Unix time)."""
-        return self.counts([addr], since, since)[0][addr]
+        return _since(self._current().per_recipient.get(_digest(addr), []), since)
 
     def counts(self, addrs: list[str], since_each: float, since_all: float) -> tuple[dict[str, int], int]:
         """:meth:`count` for each of ``addrs`` and :meth:`count_all`, from one look at the file."""
-        parsed, each = self._current(), {}
-        for addr in addrs:
-            times = parsed.per_recipient.get(_digest(addr), [])
-            each[addr] = len(times) - bisect.bisect_left(times, since_each)
-        return each, len(parsed.times) - bisect.bisect_left(parsed.times, since_all)
+        parsed = self._current()
+        each = {addr: _since(parsed.per_recipient.get(_digest(addr), []), since_each) for addr in addrs}
+        return each, _since(parsed.times, since_all)
 
     def count_all(self, since: float) -> int:
         """Automatic messages queued to anyone at or after ``since``."""
-        times = self._current().times
-        return len(times) - bisect.bisect_left(times, since)
+        return _since(self._current().times, since)
 
     def record(self, addr: str, out_id: str, at: float, horizon: float) -> None:
         """Note one automatic message; a second call with the same ``out_id`` changes nothing.
@@ -107,6 +104,11 @@ class SentLog:
             fresh.add(line)
         fresh.identity = _identity(self.path)
         return fresh
+
+
+def _since(times: list[float], since: float) -> int:
+    """How many of the sorted ``times`` are at or after ``since``."""
+    return len(times) - bisect.bisect_left(times, since)
 
 
 def _digest(addr: str) -> str:

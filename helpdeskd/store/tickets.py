@@ -269,7 +269,9 @@ class TicketStore:
             try:  # the folder is there but for a ticket's first events
                 append_line(f"{folder}/events.jsonl", data, sync=self.sync)
             except FileNotFoundError:
-                ensure_dir(folder, sync=self.sync)
+                if os.path.isdir(folder):  # (not the folder: nothing may be appended twice)
+                    raise
+                ensure_dir(folder, sync=self.sync, missing=True)
                 append_line(f"{folder}/events.jsonl", data, sync=self.sync)
             if ticket_id in unit.raw:
                 unit.raw[ticket_id] += data
@@ -304,9 +306,10 @@ class TicketStore:
     def has_event(self, ticket_id: int, type_: str, ref: str) -> bool:
         unit = self._unit
         if ticket_id not in unit.events and _PLAIN_REF.fullmatch(ref):
-            # A ref of plain characters is written as itself in quotes, whoever wrote the line: where
-            # those bytes are nowhere in the history, no event has it (no JSON decoded, which is most
-            # of what reading a history costs); where they are, the events decide.
+            # A ref of letters, digits and ":_.-" is written as itself in quotes by every JSON writer
+            # (some escape "<", ">", "&" or "/"): where those bytes are nowhere in the history, no
+            # event has it (no JSON decoded, which is most of what reading a history costs); where
+            # they are, or for any other ref, the events decide.
             needle = f'"{ref}"'.encode()
             raw = unit.raw.get(ticket_id)
             if raw is None:
@@ -331,7 +334,9 @@ class TicketStore:
         try:  # the bucket is there but for a young store's first claims in it
             write_new(path, data, sync=self.sync)
         except FileNotFoundError:
-            ensure_dir(os.path.dirname(path), sync=self.sync)
+            if os.path.isdir(bucket := os.path.dirname(path)):  # (not the bucket: never written twice)
+                raise
+            ensure_dir(bucket, sync=self.sync, missing=True)
             write_new(path, data, sync=self.sync)
 
     def index_message_id(self, message_id: str, ticket_id: int, claim_key: str = "") -> None:
@@ -397,7 +402,7 @@ class TicketStore:
         self._legacy = False
 
 
-_PLAIN_REF = re.compile(r"[ !#-.0-\[\]-~]*")  # printable ASCII but for the quote, the backslash and the slash
+_PLAIN_REF = re.compile(r"[0-9A-Za-z:_.-]*")  # message keys, outbox ids, "created", "unsendable:<id>"
 
 
 def _read_msgid(path: str) -> int | None:
