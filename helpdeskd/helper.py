@@ -53,6 +53,16 @@ _lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
 
 
+def _forget_inherited() -> None:
+    """In a process forked from one with a helper: that helper is the parent's, not ours to use or
+    to stop (joining it fails); the lock may have been held by a thread the child does not have."""
+    global _lock, _pool
+    _lock, _pool = threading.Lock(), None
+
+
+os.register_at_fork(after_in_child=_forget_inherited)
+
+
 def parse_batch(raws: list[bytes | None], limits: Limits) -> list[Message | None]:
     """What the filing thread would compute for each message (None for a missing one, or where
     parsing raised: the filing thread then parses it again itself and quarantines it)."""

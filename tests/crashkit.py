@@ -243,6 +243,10 @@ def file_with_kill_at_step(config: Path, step: int | None, log_path: Path) -> tu
             sys.stdout = open(1, "w", closefd=False)
             sys.stderr = open(2, "w", closefd=False)
             code = _child_once(config, runtime, step, write_fd)
+        except BaseException:  # shown in the assertion below (the log is this child's stderr)
+            import traceback
+            traceback.print_exc()
+            sys.stderr.flush()
         finally:
             os._exit(code)
     os.close(write_fd)

@@ -68,6 +68,27 @@ def test_a_dead_helper_is_replaced_and_its_batch_parsed_inline():
     assert list(helper._pool._processes) != [pid]
 
 
+def test_a_forked_child_leaves_its_parents_helper_alone():
+    """A process forked after the helper started (a test harness, a tool that forks) neither uses nor
+    stops the parent's helper: shutting down in the child was an AssertionError ("can only join a
+    child process"), and work submitted there would have gone to the parent's pool (a later batch
+    there starts a helper of its own)."""
+    assert helper.parsed(helper.parse_ahead([SPANISH], Limits()), 1)[0] is not None
+    [parent_helper] = list(helper._pool._processes)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            if helper._pool is None:
+                helper.shutdown()
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert list(helper._pool._processes) == [parent_helper] and _alive(parent_helper)
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
