@@ -250,23 +250,16 @@ def _file_locked(batch: _Batch | None, mailbox: Mailbox, svc: Services, ledger: 
     Without fsync here when commits may overlap the next batch's writes (syncfs); otherwise the
     commit happens now, before the lock is released (file-by-file fsyncs sync whatever a file holds).
     """
-    sync, failure = svc.store.sync, None
+    sync = svc.store.sync
     current = _Filed([], [])
     with svc.write_lock():
         with sync.collect() as touched:
             try:
-                try:
-                    if batch is not None:
-                        earlier = frozenset(job.out_id for filed in pending for job, _ in filed.jobs)
-                        _file_each(batch, mailbox, svc, ledger, result, current, earlier)
-                except TransientError as exc:
-                    failure = exc
-                except OSError as exc:
-                    failure = TransientError(f"storage failed: {exc}")
-                failure = _queue_mail(pending, current, batch is None or failure is not None, svc, done) or failure
+                with svc.sent.together():  # the batch's rate-limit lines in one append
+                    failure = _file_and_queue(batch, mailbox, svc, ledger, result, pending, current, done)
             except BaseException:
-                touched.close()  # a bug: nothing of this batch will be committed or deleted
-                raise
+                touched.close()  # a bug, or the rate-limit log unwritable: nothing of this batch will
+                raise            # be committed or deleted
         if not sync.commits_may_overlap:
             try:
                 sync.commit(touched)
@@ -274,6 +267,21 @@ def _file_locked(batch: _Batch | None, mailbox: Mailbox, svc: Services, ledger: 
                 done.clear()  # none of it is durable
                 return touched, TransientError(f"storage failed: {exc}")
     return touched, failure
+
+
+def _file_and_queue(batch: _Batch | None, mailbox: Mailbox, svc: Services, ledger: Ledger, result: Pop3Result,
+                    pending: list[_Filed], current: _Filed, done: list[tuple[Listed, str]]) -> TransientError | None:
+    """:func:`_file_locked`'s work: the failure that ended it early, if any."""
+    failure = None
+    try:
+        if batch is not None:
+            earlier = frozenset(job.out_id for filed in pending for job, _ in filed.jobs)
+            _file_each(batch, mailbox, svc, ledger, result, current, earlier)
+    except TransientError as exc:
+        failure = exc
+    except OSError as exc:
+        failure = TransientError(f"storage failed: {exc}")
+    return _queue_mail(pending, current, batch is None or failure is not None, svc, done) or failure
 
 
 def _file_each(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, result: Pop3Result,

@@ -22,6 +22,9 @@ from __future__ import annotations
 import bisect
 import hashlib
 import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +58,7 @@ class SentLog:
         self.path = self.root / "all"
         self.sync = sync
         self._parsed = _Parsed()
+        self._waiting: tuple[int, list[bytes]] | None = None  # (thread, lines) while together()
 
     def count(self, addr: str, since: float) -> int:
         """Automatic messages queued to ``addr`` at or after ``since`` (a Unix time)."""
@@ -75,15 +79,45 @@ class SentLog:
 
         ``horizon`` (seconds) is how far back counts will ever look: older lines may be pruned.
         """
-        parsed = self._current()
+        waiting = self._waiting if self._waiting and self._waiting[0] == threading.get_ident() else None
+        parsed = self._parsed if waiting and waiting[1] else self._current()  # (the file is as we left it)
         if out_id in parsed.ids:
             return
-        parsed = self._prune(parsed, at - horizon)
+        if not (waiting and waiting[1]):  # never rewritten with lines waiting to be appended
+            parsed = self._prune(parsed, at - horizon)
         line = (float(f"{at:.3f}"), out_id, _digest(addr))
-        append_line(self.path, f"{at:.3f} {out_id} {line[2]}\n".encode(), sync=self.sync)
+        text = f"{at:.3f} {out_id} {line[2]}\n".encode()
+        if waiting:
+            waiting[1].append(text)
+        else:
+            append_line(self.path, text, sync=self.sync)
         parsed.add(line)  # nobody else wrote in between: we hold the write lock
-        parsed.identity = _identity(self.path)
+        if not waiting:
+            parsed.identity = _identity(self.path)
         self._parsed = parsed
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """What this thread records within the block (under the write lock, inside a group commit's
+        collection) is appended in one write when the block ends, before that commit; counts see it
+        at once. If that write fails, the log is read again (the lines are not counted) and the
+        error propagates: the caller must then not count the batch as done."""
+        if self._waiting is not None:
+            yield
+            return
+        self._waiting = (threading.get_ident(), [])
+        try:
+            yield
+        finally:
+            lines = self._waiting[1]
+            self._waiting = None
+            if lines:
+                try:
+                    append_line(self.path, b"".join(lines), sync=self.sync)
+                except BaseException:
+                    self._parsed = _Parsed(identity=(-1, -1, -1))
+                    raise
+                self._parsed.identity = _identity(self.path)
 
     def _current(self) -> _Parsed:
         """The parsed log, read again only when the file changed behind our back."""
