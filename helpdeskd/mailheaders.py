@@ -51,7 +51,7 @@ def decode_headers(root: MimePart, state: ParseState) -> tuple[tuple[str, str], 
 def _header_text(name: str, value: object, state: ParseState) -> str:
     """Unfold, cap, decode 8-bit bytes and RFC 2047 words, then remove control characters."""
     text = decode_words(_raw_value(name, value, state), state)
-    if _CONTROLS.search(text):
+    if not text.isprintable() and _CONTROLS.search(text):  # (each of _CONTROLS is unprintable)
         state.defect(f"control characters removed from {name} header")
     return _cap_text(sanitise(text).strip(), name, state)
 
@@ -70,7 +70,9 @@ def _raw_all(root: MimePart, name: str, state: ParseState) -> list[str]:
 
 def _raw_value(name: str, value: object, state: ParseState) -> str:
     """Unfolded, length-capped header text with raw 8-bit bytes decoded (utf-8, else cp1252)."""
-    text = _FOLD.sub("", str(value))
+    text = str(value)
+    if "\n" in text or "\r" in text:
+        text = _FOLD.sub("", text)
     cap = state.limits.max_header_bytes
     if len(text) > cap:  # one char per input byte here: BytesParser maps bytes to chars
         state.defect(f"{name} header longer than {cap} bytes, truncated")
@@ -99,7 +101,8 @@ def _cap_text(text: str, name: str, state: ParseState) -> str:
 
 def sanitise(text: str) -> str:
     """Control characters (CR, LF, NUL, C1...) become spaces: no header injection downstream."""
-    return _CONTROLS.sub(" ", text.replace("\t", " "))
+    text = text.replace("\t", " ")
+    return text if text.isprintable() else _CONTROLS.sub(" ", text)  # (each of _CONTROLS is unprintable)
 
 
 def collapse(text: str) -> str:
