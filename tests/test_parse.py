@@ -643,3 +643,13 @@ def test_a_long_run_of_blanks_in_an_address_header_is_parsed_without_backtrackin
 ])
 def test_an_obsolete_route_before_an_address_is_dropped(value: bytes, expected: Address | None) -> None:
     assert parse(b"From: " + value + b"\r\nSubject: s\r\n\r\nx").sender == expected
+
+
+def test_header_control_characters_are_all_unprintable():
+    """sanitise() skips its regex for printable text: that is exact only while every character the
+    pattern removes is one str.isprintable() rejects."""
+    from helpdeskd.mailheaders import _CONTROLS, sanitise
+
+    removed = [chr(c) for c in range(0x110000) if _CONTROLS.match(chr(c))]
+    assert removed and not any(ch.isprintable() for ch in removed)
+    assert sanitise("a\tb\x00c\u2028d\u00a0e") == "a b c d\u00a0e"
