@@ -72,7 +72,8 @@ def in_scope(args: argparse.Namespace, config: Config, ticket: Ticket | None) ->
 # -- list -------------------------------------------------------------------------------------------
 def cmd_list(args: argparse.Namespace, config: Config) -> int:
     store = TicketStore(config.helpdesk.state_dir)
-    tickets = [t for t in store.iter_tickets() if in_scope(args, config, t) and _wanted(t, args)]
+    visible = [t for t in store.iter_tickets() if in_scope(args, config, t)]
+    tickets = [t for t in visible if _wanted(t, args)]
     tickets.sort(key=lambda t: (config.priority_rank(t.priority), t.created, t.id))
     if args.json:
         json.dump([ticket_to_dict(t) | {"token": None} for t in tickets], sys.stdout, ensure_ascii=False, indent=1)
@@ -85,7 +86,9 @@ def cmd_list(args: argparse.Namespace, config: Config) -> int:
                      _label(config.queue(t.queue), t.queue, lang), _label(config.category(t.category), t.category, lang),
                      t.requester.addr, t.created[:16].replace("T", " "), t.subject[:60]))
     _table(rows)
-    print(f"{len(tickets)} ticket(s)")
+    shown_all = argparse.Namespace(**{**vars(args), "all": True})  # what --all would add: the closed ones
+    closed = 0 if args.all or args.status else sum(t.status == "closed" and _wanted(t, shown_all) for t in visible)
+    print(f"{len(tickets)} ticket(s)" + (f"; {closed} closed not shown (--all shows them)" if closed else ""))
     return 0
 
 

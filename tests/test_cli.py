@@ -194,6 +194,12 @@ def test_staff_work_from_the_command_line(tmp_path):
     assert {m["envelope"]["template"] for m in to_customer} == {"ack_new", "staff_answer", "closed"}
     shown = helpdeskctl(*c, "show", "1").stdout
     assert "INTERNAL NOTE" in shown and "cliente importante" in shown
+    assert helpdeskctl(*c, "close", "1", "--quiet").returncode == 0
+    listed = helpdeskctl(*c, "list").stdout  # the closed ticket is not listed, but said to be there
+    assert "0 ticket(s); 1 closed not shown (--all shows them)" in listed
+    assert "1 ticket(s)\n" in helpdeskctl(*c, "list", "--all").stdout
+    other_queue = helpdeskctl(*c, "list", "--queue", "billing").stdout
+    assert other_queue.endswith("0 ticket(s)\n")  # another queue's closed tickets are not counted
 
 
 def test_helpdeskctl_takes_the_config_before_or_after_the_command():

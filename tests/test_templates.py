@@ -76,3 +76,27 @@ def test_subject_is_one_line(config):
     templates = Templates(ROOT / "templates", "es")
     ticket = sample_ticket(config).with_changes(subject="a\r\nBcc: x@y")
     assert "\n" not in templates.render("ack_new", "es", None, context_for(ticket, config, "es")).subject
+
+
+def test_an_html_part_says_what_its_text_part_says(config):
+    """A reader of the HTML part is told everything the text part tells (the escalation hint was
+    missing from the acknowledgment's HTML): each sentence of the text, words only, is in the HTML."""
+    import html
+    import re
+
+    from helpdeskd.templates import SAMPLE_MESSAGE
+
+    def words(text: str) -> str:
+        return " ".join(re.findall(r"\w+", text))
+
+    templates = Templates(ROOT / "templates", "es")
+    ticket = sample_ticket(config)
+    parts = sorted((ROOT / "templates").glob("*/*.html"))
+    assert parts
+    for path in parts:
+        name, lang = path.stem, path.parent.name
+        out = templates.render(name, lang, None, context_for(ticket, config, lang, message=SAMPLE_MESSAGE))
+        shown = words(html.unescape(re.sub(r"<[^>]+>", " ", out.html)))
+        for sentence in re.split(r"(?<=[.:])\s+", " ".join(out.text.split())):
+            if len(words(sentence).split()) > 3:
+                assert words(sentence) in shown, (name, lang, sentence)
