@@ -70,6 +70,7 @@ class Daemon:
         self._pollers: dict[str, tuple[Mailbox, asyncio.Task]] = {}
         self._sender: asyncio.Task | None = None
         self._heartbeat_task: asyncio.Task | None = None
+        self._helper_start: asyncio.Future | None = None
 
     @property
     def state_dir(self) -> Path:
@@ -99,6 +100,10 @@ class Daemon:
         """Start every task, announce readiness, serve signals until a stop, then drain. Returns the exit code."""
         self._install_signals()
         self._start_pollers(self.runtime.config.intake_mailboxes())  # none while the gateway is off
+        config = self.runtime.config
+        if config.mail_gateway.helper_process and any(m.pop3 for m in config.intake_mailboxes()):
+            # started beside the first sessions' logins, not by their first batch (~0.2 s)
+            self._helper_start = asyncio.ensure_future(asyncio.to_thread(helper.start))
         self._sender = self._supervised("sender", self._send_loop, task="sender")
         self._heartbeat_task = self._supervised("heartbeat", self._heartbeat, task="heartbeat")
         self.health.state = "running"
@@ -148,6 +153,8 @@ class Daemon:
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+        if self._helper_start is not None:  # (a thread: it ends by itself, within moments)
+            await asyncio.gather(self._helper_start, return_exceptions=True)
 
     async def _stop_sender(self) -> None:
         if self._sender is None:

@@ -450,3 +450,13 @@ def test_mail_found_queued_by_someone_else_is_covered_by_the_commit(svc):
         assert file_safely(Inbound("t", "1", SPANISH), svc).action == "duplicate"
     assert touched  # without the outbox files found in new/, nothing would have been written
     touched.close()
+
+
+def test_start_brings_the_helper_up_before_any_batch():
+    helper.shutdown()
+    assert helper._pool is None
+    assert helper.start()  # a process, its imports, one answer
+    [pid] = list(helper._pool._processes)
+    assert helper.start() and list(helper._pool._processes) == [pid]  # started once
+    assert helper.parsed(helper.parse_ahead([SPANISH], Limits()), 1)[0] is not None
+    assert list(helper._pool._processes) == [pid]  # the batch went to the helper already running

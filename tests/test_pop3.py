@@ -540,3 +540,54 @@ def test_asked_to_stop_while_retrieving_the_retrieved_batch_stays_on_the_server(
     result = poll_pop3(svc.config.mailboxes[0], svc, should_stop=lambda: len(retrieved) >= 2)  # SIGTERM in the 2nd
     assert result.error is None and result.more and result.counts == {"new": 3}
     assert box.left == 6 and len(tickets(svc)) == 3  # the first batch filed and deleted; the second left alone
+
+
+def test_the_daemon_starts_its_helper_with_itself_not_with_the_first_mail(dovecot, tmp_path):
+    """With a POP3 mailbox and the helper on, the helper is up before any mail arrives (its ~0.2 s
+    start is not paid by the first batch); with the helper off, no helper ever starts."""
+    import tomli_w
+
+    box = Box(dovecot, tmp_path)
+    for helper_on, log_name in ((True, "on.log"), (False, "off.log")):
+        data = config_data(tmp_path, box.entry())
+        data["mail_gateway"] = {"helper_process": helper_on}
+        config, log = tmp_path / f"{log_name}.toml", tmp_path / log_name
+        config.write_text(tomli_w.dumps(data))
+        daemon = start_daemon(config, log)
+        try:
+            wait_for(lambda: logged(log, "started"), "the daemon to start")
+            if helper_on:  # the helper: a python process in the daemon's forkserver's family, running helper code
+                wait_for(lambda: _helper_running(daemon.pid), "the helper to start", 30)
+            else:
+                time.sleep(1.0)  # (time to start one, were it to)
+                assert not _helper_running(daemon.pid)
+            assert box.left == 0
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=60)
+
+
+def _helper_running(daemon_pid: int) -> bool:
+    """A process descended from ``daemon_pid`` runs concurrent.futures' process worker (the helper)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    children[int(entry)] = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    family, grew = {daemon_pid}, True
+    while grew:
+        more = {pid for pid, parent in children.items() if parent in family} - family
+        family |= more
+        grew = bool(more)
+    for pid in family - {daemon_pid}:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if b"forkserver" in cmdline.read():  # the forkserver's children are the helper
+                    if any(children.get(p) == pid for p in children):
+                        return True
+        except OSError:
+            continue
+    return False
