@@ -60,12 +60,21 @@ class View:
 def wanted_ticket_ids(message: Message, config: Config) -> list[int]:
     """The ticket numbers the message points at (tokens first, then subject tags): load these."""
     hd = config.helpdesk
-    refs = [*our_references(message, hd.message_id_domain), *plus_references(message, hd.address)]
-    own = own_reference(message.message_id, hd.message_id_domain)
-    ids = [ref.ticket_id for ref in refs] + tagged_ids(message.subject, hd.subject_tag) + ([own.ticket_id] if own else [])
-    if is_delivery_report(message):
-        ids += [ref.ticket_id for ref in reported_references(message, hd.message_id_domain)]
-    return list(dict.fromkeys(ids))
+    return ticket_ids_named(message, hd.message_id_domain, hd.address, hd.subject_tag)
+
+
+def ticket_ids_named(message: Message, domain: str, address: str, subject_tag: str) -> list[int]:
+    """:func:`wanted_ticket_ids` for these settings; computed once per message and settings (the
+    helper process does it ahead of the filing thread)."""
+    key = ("ticket_ids", domain, address, subject_tag)
+    if key not in message.memo:
+        refs = [*our_references(message, domain), *plus_references(message, address)]
+        own = own_reference(message.message_id, domain)
+        ids = [ref.ticket_id for ref in refs] + tagged_ids(message.subject, subject_tag) + ([own.ticket_id] if own else [])
+        if is_delivery_report(message):
+            ids += [ref.ticket_id for ref in reported_references(message, domain)]
+        message.memo[key] = tuple(dict.fromkeys(ids))
+    return list(message.memo[key])
 
 
 def recipients_of_interest(message: Message) -> list[str]:

@@ -179,7 +179,7 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
                 break
             batch = _Batch(batch_items, session.retrieve([m.number for m in batch_items], limit))
             if svc.config.mail_gateway.helper_process:
-                batch.parsing = helper.parse_ahead(batch.raws, svc.config.limits)
+                batch.parsing = helper.parse_ahead(batch.raws, svc.config.limits, svc.config.helpdesk)
             if filing is not None:
                 commits.append(filing.result())
                 filing = None

@@ -33,15 +33,16 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .decide import strip_imitations
+from .decide import strip_imitations, ticket_ids_named
 from .health import pid_alive
 from .identity import code_candidates
 from .lang import guessed_language
+from .loops import no_autoreply_reason
 from .logs import get
 from .mailjob import MailJob, Queued, Unsendable, compose_job, write_job
 from .message import Message
 from .parse import parse
-from .settings import Config, Limits
+from .settings import Config, Helpdesk, Limits
 from .store.fsutil import Syncer
 from .store.outbox import Outbox
 from .templates import Templates
@@ -63,9 +64,10 @@ def _forget_inherited() -> None:
 os.register_at_fork(after_in_child=_forget_inherited)
 
 
-def parse_batch(raws: list[bytes | None], limits: Limits) -> list[Message | None]:
+def parse_batch(raws: list[bytes | None], limits: Limits, helpdesk: Helpdesk | None = None) -> list[Message | None]:
     """What the filing thread would compute for each message (None for a missing one, or where
-    parsing raised: the filing thread then parses it again itself and quarantines it)."""
+    parsing raised: the filing thread then parses it again itself and quarantines it); given the
+    ``[helpdesk]`` settings, also what it would work out from them (kept under keys that name them)."""
     out: list[Message | None] = []
     for raw in raws:
         try:
@@ -73,15 +75,19 @@ def parse_batch(raws: list[bytes | None], limits: Limits) -> list[Message | None
             if message is not None:  # pure results the filing thread would compute next (kept in memo)
                 guessed_language(message)
                 code_candidates(message)
+                if helpdesk is not None:
+                    ticket_ids_named(message, helpdesk.message_id_domain, helpdesk.address, helpdesk.subject_tag)
+                    no_autoreply_reason(message, helpdesk.address, helpdesk.message_id_domain)
             out.append(message)
         except Exception:  # noqa: BLE001 - reported where it counts: the filing thread parses it again
             out.append(None)
     return out
 
 
-def parse_ahead(raws: list[bytes | None], limits: Limits) -> Future[list[Message | None]] | None:
+def parse_ahead(raws: list[bytes | None], limits: Limits,
+                helpdesk: Helpdesk | None = None) -> Future[list[Message | None]] | None:
     """Start parsing ``raws`` in the helper; None when no helper can run (parse them inline)."""
-    return _submit(parse_batch, raws, limits)
+    return _submit(parse_batch, raws, limits, helpdesk)
 
 
 def parsed(future: Future[list[Message | None]] | None, count: int) -> list[Message | None]:

@@ -16,7 +16,15 @@ _REPORT_TYPES = ("delivery-status", "disposition-notification", "feedback-report
 
 
 def no_autoreply_reason(message: Message, our_address: str, our_domain: str) -> str | None:
-    """Why this message must not get an automatic answer, or None when answering is fine."""
+    """Why this message must not get an automatic answer, or None when answering is fine (computed
+    once per message and settings: the helper process does it ahead of the filing thread)."""
+    key = ("no_autoreply", our_address, our_domain)
+    if key not in message.memo:
+        message.memo[key] = _no_autoreply_reason(message, our_address, our_domain)
+    return message.memo[key]
+
+
+def _no_autoreply_reason(message: Message, our_address: str, our_domain: str) -> str | None:
     for check in (_auto_submitted, _precedence, _list_headers, _suppress, _report):
         reason = check(message)
         if reason:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -43,6 +44,27 @@ def test_the_helper_computes_what_the_filing_thread_would():
     assert got[0].memo == {"language": "es", "codes": ("ABCD-EFGH",)}
     assert got[2].memo["language"] == "en"
     assert guessed_language(got[0]) == "es" and code_candidates(got[0]) == ("ABCD-EFGH",)
+
+
+def test_the_helper_works_out_what_the_helpdesk_settings_decide_and_keys_it_by_them(tmp_path):
+    from helpdeskd.decide import wanted_ticket_ids
+    from helpdeskd.loops import no_autoreply_reason
+
+    from conftest import make_config
+
+    config = make_config(tmp_path)
+    hd = config.helpdesk
+    reply = mail(subject="Re: [Soporte #12] Mi sitio", extra="Auto-Submitted: auto-replied")
+    [got] = helper.parsed(helper.parse_ahead([reply], Limits(), hd), 1)
+    fresh = strip_imitations(parse(reply, Limits()))
+    assert got.memo[("ticket_ids", hd.message_id_domain, hd.address, hd.subject_tag)] == (12,)
+    assert got.memo[("no_autoreply", hd.address, hd.message_id_domain)] == "Auto-Submitted: auto-replied"
+    assert wanted_ticket_ids(got, config) == wanted_ticket_ids(fresh, config) == [12]
+    assert no_autoreply_reason(got, hd.address, hd.message_id_domain) == \
+        no_autoreply_reason(fresh, hd.address, hd.message_id_domain)
+    # other settings (a reload in between): worked out again, not taken from the helper's answer
+    other = replace(config, helpdesk=replace(hd, subject_tag="[Help #{id}]"))
+    assert wanted_ticket_ids(got, other) == []
 
 
 def test_a_message_the_helper_cannot_parse_is_left_to_the_filing_thread(monkeypatch):
@@ -121,8 +143,8 @@ def test_pop3_files_everything_when_the_helper_dies_mid_session(dovecot, tmp_pat
 
     real, calls = helper.parse_ahead, []
 
-    def parse_ahead(raws, limits):
-        future = real(raws, limits)
+    def parse_ahead(raws, limits, helpdesk=None):
+        future = real(raws, limits, helpdesk)
         calls.append(future)
         if len(calls) == 2:  # the second batch's helper is killed while it is at work
             for pid in list(helper._pool._processes):
