@@ -153,7 +153,7 @@ class Daemon:
         if self._heartbeat_task is not None:
             self._heartbeat_task.cancel()
             await asyncio.gather(self._heartbeat_task, return_exceptions=True)
-        if self._helper_start is not None:  # (a thread: it ends by itself, within moments)
+        if self._helper_start is not None:  # (a thread: it ends within helper.START_SECONDS)
             await asyncio.gather(self._helper_start, return_exceptions=True)
 
     async def _stop_sender(self) -> None:

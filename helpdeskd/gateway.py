@@ -232,7 +232,7 @@ def _file_batch(batch: _Batch | None, *, mailbox: Mailbox, svc: Services, ledger
     done: list[tuple[Listed, str]] = []
     try:
         touched, failure = locked(lambda: _file_locked(batch, mailbox, svc, ledger, result, pending, done))
-    except OSError as exc:  # taking the write lock
+    except OSError as exc:  # taking the write lock (or appending rate-limit lines left at the end: none, usually)
         raise TransientError(f"storage failed: {exc}") from exc
     committing = committer.submit(_commit, done, touched, svc, ledger)
     if failure is not None:
@@ -315,6 +315,7 @@ def _queue_mail(pending: list[_Filed], current: _Filed, now: bool, svc: Services
         if pending:  # (one batch at most)
             _finish(pending[0], svc)
             done.extend(pending.pop().entries)
+        svc.sent.flush()  # this batch's rate-limit lines, before any of its mail is written
         if current.jobs and not now:
             current.composing = helper.compose_ahead(svc.config, svc.templates, [job for job, _ in current.jobs],
                                                      write=svc.store.sync.commits_may_overlap)

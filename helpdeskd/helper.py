@@ -49,6 +49,7 @@ from .templates import Templates
 
 log = get("helper")
 ANSWER_SECONDS = 30.0  # a batch is at most 8 MiB of mail: well under a second of work, usually
+START_SECONDS = 10.0  # a new helper answers in ~0.2 s; a daemon stopping meanwhile waits for this at most
 
 _lock = threading.Lock()
 _pool: ProcessPoolExecutor | None = None
@@ -209,16 +210,17 @@ def _quiet_resource_tracker() -> Iterator[None]:
             sys.warnoptions.remove(_TRACKER_WARNINGS)
 
 
-def _answer(future: Future | None) -> list | None:
+def _answer(future: Future | None, seconds: float | None = None) -> list | None:
     """A future's result; None when there is no future or the helper failed (killed, OOM, hung, or
     anything else that kept it from answering: arguments it could not be sent, say): the caller then
     does the same work itself, where a real error shows as it would have without the helper."""
     if future is None:
         return None
+    seconds = ANSWER_SECONDS if seconds is None else seconds
     try:
-        return future.result(timeout=ANSWER_SECONDS)
+        return future.result(timeout=seconds)
     except FutureTimeout:
-        failure: BaseException = TimeoutError(f"no answer within {ANSWER_SECONDS:.0f} s")
+        failure: BaseException = TimeoutError(f"no answer within {seconds:.0f} s")
     except Exception as exc:  # noqa: BLE001 - see above: the work is redone in the daemon
         failure = exc
     with _lock:
@@ -267,7 +269,7 @@ def start() -> bool:
     """Start the helper now, not with the first batch, and wait until it answers (a new process
     and its imports: ~0.2 s here). The daemon does this at start when a POP3 mailbox may use it.
     False when no helper can run (the work is then done in the daemon, as always)."""
-    return _answer(_submit(_ready)) is not None
+    return _answer(_submit(_ready), START_SECONDS) is not None
 
 
 def _ready() -> list:

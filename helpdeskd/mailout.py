@@ -87,7 +87,7 @@ def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occ
     if collected is not None:
         if out_id in _collector.seen:
             return 0  # asked for already (another copy of the same message): queued once
-        before_enqueue(svc, person.addr, out_id, send.kind)
+        before_enqueue(svc, person.addr, out_id, send.kind, hold=True)  # (see the caller's SentLog.flush)
         collected.append(job)
         _collector.seen.add(out_id)
         return 1
@@ -138,15 +138,17 @@ def recent_autoreplies(addrs: list[str], svc: Services) -> tuple[dict[str, int],
                            now - limits.global_window_seconds)
 
 
-def before_enqueue(svc: Services, addr: str, out_id: str, kind: str) -> None:
+def before_enqueue(svc: Services, addr: str, out_id: str, kind: str, *, hold: bool = False) -> None:
     """Count an automatic answer for the rate limits, before it is queued (a crash then over-counts
     by one, never under-counts; doing the work again does not count it twice). Staff notices and
-    relayed answers go to our own people or are human mail: they are not rate-limited."""
+    relayed answers go to our own people or are human mail: they are not rate-limited. ``hold``:
+    for collected mail, written later by the helper; its caller flushes the log before that
+    (``SentLog.flush``), so the count is on disk before the mail is."""
     if kind != "auto-reply":
         return
     limits = svc.config.autoreply
     horizon = max(limits.per_recipient_window_seconds, limits.global_window_seconds)
-    svc.sent.record(addr, out_id, svc.clock().timestamp(), horizon)
+    svc.sent.record(addr, out_id, svc.clock().timestamp(), horizon, hold=hold)
 
 
 def queue_refusal(svc: Services, template: str, occasion: Occasion, subject: str, reason: str, code: str) -> bool:

@@ -93,8 +93,8 @@ def test_a_dead_helper_is_replaced_and_its_batch_parsed_inline():
 def test_a_forked_child_leaves_its_parents_helper_alone():
     """A process forked after the helper started (a test harness, a tool that forks) neither uses nor
     stops the parent's helper: shutting down in the child was an AssertionError ("can only join a
-    child process"), and work submitted there would have gone to the parent's pool (a later batch
-    there starts a helper of its own)."""
+    child process"), and work submitted there would have gone to the parent's pool (there, the work
+    is done inline: multiprocessing's forkserver belongs to the parent too)."""
     assert helper.parsed(helper.parse_ahead([SPANISH], Limits()), 1)[0] is not None
     [parent_helper] = list(helper._pool._processes)
     pid = os.fork()
@@ -160,6 +160,29 @@ def test_pop3_files_everything_when_the_helper_dies_mid_session(dovecot, tmp_pat
     assert len(tickets(svc)) == 20 and len(answers(svc)) == 20
     assert len(calls) == 5 and helper._pool is not None  # a new helper took over
 
+
+
+@pop3
+def test_a_batchs_rate_limit_lines_are_on_disk_before_the_helper_writes_its_mail(dovecot, tmp_path, monkeypatch):
+    """The lines are held for one append per batch, but never past the moment its mail is handed to
+    the helper: a crash after that must not leave answers in the outbox the rate limits never saw."""
+    from helpdeskd import gateway
+
+    real, checked = helper.compose_ahead, []
+
+    def compose_ahead(config, templates, jobs, write):
+        logged = (tmp_path / "state" / "autoreplies" / "all").read_text()
+        checked.extend(job.out_id in logged for job in jobs if job.send.kind == "auto-reply")
+        return real(config, templates, jobs, write)
+
+    monkeypatch.setattr(gateway.helper, "compose_ahead", compose_ahead)
+    box = Box(dovecot, tmp_path)
+    box.put(*many(12))
+    svc = services(tmp_path, box.entry(batch=4))
+    result = poll_pop3(svc.config.mailboxes[0], svc)
+    assert result.error is None and result.counts == {"new": 12}
+    assert len(checked) >= 8 and all(checked)  # the last batch's mail is composed in the daemon
+    assert svc.sent.count_all(0) == 12
 
 
 # ----------------------------------------------------------------------------- composing

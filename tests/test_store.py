@@ -454,7 +454,7 @@ def test_maildir_batch_leaves_new_only_after_the_commit(svc, monkeypatch, tmp_pa
     assert svc.store.last_id() == 3 and sum(e.envelope["kind"] == "auto-reply" for e in svc.outbox.entries()) == 3
 
 
-def test_rate_limit_lines_of_a_batch_are_appended_together(tmp_path, monkeypatch):
+def test_rate_limit_lines_held_for_a_batch_are_appended_together(tmp_path, monkeypatch):
     import threading
 
     from helpdeskd.store import sentlog as sentlog_module
@@ -467,32 +467,44 @@ def test_rate_limit_lines_of_a_batch_are_appended_together(tmp_path, monkeypatch
     real = sentlog_module.append_line
     monkeypatch.setattr(sentlog_module, "append_line", lambda *a, **k: appends.append(a[1]) or real(*a, **k))
     with log.together():
-        log.record("a@x.es", "o1", 100.0, 50)
-        log.record("b@x.es", "o2", 101.0, 50)
-        log.record("b@x.es", "o2", 101.0, 50)  # the same answer again: not counted twice
+        log.record("a@x.es", "o1", 100.0, 50, hold=True)
+        log.record("b@x.es", "o2", 101.0, 50, hold=True)
+        log.record("b@x.es", "o2", 101.0, 50, hold=True)  # the same answer again: not counted twice
         assert log.count_all(0) == 3 and log.count("b@x.es", 0) == 1  # counted at once
-        assert appends == [] and len(path.read_bytes().splitlines()) == 1  # written at the end
-        from_elsewhere = threading.Thread(target=log.record, args=("c@x.es", "o3", 102.0, 50))
+        assert appends == [] and len(path.read_bytes().splitlines()) == 1  # not written yet
+        log.record("r@x.es", "o9", 101.5, 50)  # not held (mail written at once): appended at once
+        from_elsewhere = threading.Thread(target=log.record, args=("c@x.es", "o3", 102.0, 50),
+                                          kwargs={"hold": True})
         from_elsewhere.start()
-        from_elsewhere.join()  # another thread's line is not held back with ours
-        assert len(appends) == 1
-    assert len(appends) == 2 and len(path.read_bytes().splitlines()) == 4
-    assert other.count_all(0) == 4 and log.count_all(0) == 4  # (our copy matches the file: not read again)
+        from_elsewhere.join()  # another thread's line is never held with ours
+        assert len(appends) == 2
+        log.flush()  # (before the batch's mail is handed to the helper)
+        assert len(appends) == 3 and other.count_all(0) == 5
+        log.record("d@x.es", "o4", 103.0, 50, hold=True)
+    assert len(appends) == 4 and len(path.read_bytes().splitlines()) == 6  # the rest, at the block's end
+    assert other.count_all(0) == 6 and log.count_all(0) == 6
+    with pytest.raises(RuntimeError):
+        with log.together():
+            log.record("e@x.es", "o5", 104.0, 50, hold=True)
+            raise RuntimeError("a bug before the batch's mail was handed on")
+    assert log.count_all(0) == 6  # forgotten, as its mail was never written
     monkeypatch.setattr(sentlog_module, "append_line", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
         with log.together():
-            log.record("d@x.es", "o4", 103.0, 50)
-            assert log.count_all(0) == 5
-    assert log.count_all(0) == 4  # not written: not counted, and recorded again next time
+            log.record("e@x.es", "o5", 104.0, 50, hold=True)
+            assert log.count_all(0) == 7
+            log.flush()
+    assert log.count_all(0) == 6  # not written: not counted, and recorded again next time
     monkeypatch.setattr(sentlog_module, "append_line", real)
-    log.record("d@x.es", "o4", 103.0, 50)
-    assert other.count_all(0) == 5
+    log.record("e@x.es", "o5", 104.0, 50)
+    assert other.count_all(0) == 7
     monkeypatch.setattr(sentlog_module, "_PRUNE_BYTES", 1)  # any record may now rewrite the file first
     with log.together():
-        log.record("e@x.es", "o5", 500.0, 50)  # nothing waits yet: 90-103 pruned away
-        log.record("f@x.es", "o6", 900.0, 50)  # o5 waits: no rewrite now (it would write o5 twice)
+        log.record("f@x.es", "o6", 500.0, 50, hold=True)  # nothing waits yet: 90-104 pruned away
+        log.record("g@x.es", "o7", 900.0, 50, hold=True)  # o6 waits: no rewrite now (it would write o6 twice)
+        log.record("h@x.es", "o8", 901.0, 50)  # nor by a line written at once
     lines = path.read_bytes().splitlines()
-    assert [line.split()[1] for line in lines] == [b"o5", b"o6"] and other.count_all(0) == 2
+    assert sorted(line.split()[1] for line in lines) == [b"o6", b"o7", b"o8"] and other.count_all(0) == 3
 
 
 def test_rate_limit_log_counts_stay_right_across_writers_and_pruning(tmp_path, monkeypatch):

@@ -5,9 +5,11 @@ Layout under the state directory::
     autoreplies/all     one line per automatic message: "<unix time> <outbox id> <recipient digest>"
 
 The recipient digest is the first 20 hex digits of sha1(lower-cased address). Lines are appended
-durably; the file is rewritten without its lines older than the longest window once it is past a small
-size and at least half of it is that old, so it stays small however long the daemon runs, and a busy
-hour (all of it inside the window) is not rewritten at every answer. Recording is keyed by the outbox
+durably, before the mail they count is written: at once, or — for the mail a POP3 batch hands to the
+helper process — all of the batch's together just before that (:meth:`SentLog.together`). The file is
+rewritten without its lines older than the longest window once it is past a small size and at least
+half of it is that old, so it stays small however long the daemon runs, and a busy hour (all of it
+inside the window) is not rewritten at every answer. Recording is keyed by the outbox
 id, so filing the same message again never counts its answer twice.
 
 The file is read for every incoming message, so its parsed form is kept and reused while the file is
@@ -74,50 +76,64 @@ class SentLog:
         """Automatic messages queued to anyone at or after ``since``."""
         return _since(self._current().times, since)
 
-    def record(self, addr: str, out_id: str, at: float, horizon: float) -> None:
+    def record(self, addr: str, out_id: str, at: float, horizon: float, *, hold: bool = False) -> None:
         """Note one automatic message; a second call with the same ``out_id`` changes nothing.
 
         ``horizon`` (seconds) is how far back counts will ever look: older lines may be pruned.
+        ``hold``: within :meth:`together`, in the same thread, the line waits for :meth:`flush` (for
+        mail that nothing writes before then); it is counted at once all the same.
         """
-        waiting = self._waiting if self._waiting and self._waiting[0] == threading.get_ident() else None
-        parsed = self._parsed if waiting and waiting[1] else self._current()  # (the file is as we left it)
+        parsed = self._current()
         if out_id in parsed.ids:
             return
-        if not (waiting and waiting[1]):  # never rewritten with lines waiting to be appended
+        if not self._held():  # never rewritten with lines waiting to be appended
             parsed = self._prune(parsed, at - horizon)
         line = (float(f"{at:.3f}"), out_id, _digest(addr))
         text = f"{at:.3f} {out_id} {line[2]}\n".encode()
-        if waiting:
-            waiting[1].append(text)
+        if hold and self._waiting and self._waiting[0] == threading.get_ident():
+            self._waiting[1].append(text)
+            parsed.add(line)
         else:
             append_line(self.path, text, sync=self.sync)
-        parsed.add(line)  # nobody else wrote in between: we hold the write lock
-        if not waiting:
+            parsed.add(line)  # nobody else wrote in between: we hold the write lock
             parsed.identity = _identity(self.path)
         self._parsed = parsed
 
     @contextmanager
     def together(self) -> Iterator[None]:
-        """What this thread records within the block (under the write lock, inside a group commit's
-        collection) is appended in one write when the block ends, before that commit; counts see it
-        at once. If that write fails, the log is read again (the lines are not counted) and the
-        error propagates: the caller must then not count the batch as done."""
+        """Lines this thread records with ``hold`` within the block (the POP3 filing thread, under the
+        write lock, inside a group commit's collection) are appended in one write by :meth:`flush`,
+        called before the mail they count is written, and at the latest when the block ends."""
         if self._waiting is not None:
             yield
             return
         self._waiting = (threading.get_ident(), [])
         try:
             yield
+            self.flush()
         finally:
-            lines = self._waiting[1]
+            if self._held():  # an error ended the block before their mail was handed to anyone
+                self._parsed = _Parsed(identity=(-1, -1, -1))  # forgotten: read the log again
             self._waiting = None
-            if lines:
-                try:
-                    append_line(self.path, b"".join(lines), sync=self.sync)
-                except BaseException:
-                    self._parsed = _Parsed(identity=(-1, -1, -1))
-                    raise
-                self._parsed.identity = _identity(self.path)
+
+    def flush(self) -> None:
+        """Append the lines waiting in :meth:`together`. If that fails, they are forgotten (the log is
+        read again: not counted, they are recorded again when their mail is asked for again) and the
+        error propagates: the caller must not write the mail they count."""
+        if not self._held():
+            return
+        lines = self._waiting[1]  # type: ignore[index]
+        try:
+            append_line(self.path, b"".join(lines), sync=self.sync)
+        except BaseException:
+            self._parsed = _Parsed(identity=(-1, -1, -1))
+            raise
+        finally:
+            lines.clear()
+        self._parsed.identity = _identity(self.path)
+
+    def _held(self) -> bool:
+        return bool(self._waiting and self._waiting[1])
 
     def _current(self) -> _Parsed:
         """The parsed log, read again only when the file changed behind our back."""
