@@ -118,7 +118,7 @@ def child_helpdeskd(config: str, no_fsync: bool = False, profile: str = "") -> d
         profiler.disable()
         profiler.dump_stats(profile)
     assert result.error is None, result.error
-    helper_cpu, helper_system = (now - before for now, before in zip(_helper_cpu_seconds(), helper_before))
+    helper_cpu, helper_system = (after - before for after, before in zip(_helper_cpu_seconds(), helper_before))
     return {"messages": sum(result.counts.values()), "seconds": seconds, "counts": result.counts,
             "cpu_seconds": cpu_seconds, "system_seconds": system_seconds, "helper_cpu_seconds": helper_cpu,
             "helper_system_seconds": helper_system, "helper_rss_mb": _helper_rss_mb(),

@@ -37,7 +37,7 @@ from .matching import (
 from .message import Message
 from .quotes import new_text
 from .scopes import Origin, classify, submission_refusal
-from .settings import LANGUAGES, Config, Mailbox
+from .settings import LANGUAGES, Config, Helpdesk, Mailbox
 from .ticket import Requester, Status, Ticket
 
 
@@ -59,14 +59,14 @@ class View:
 
 def wanted_ticket_ids(message: Message, config: Config) -> list[int]:
     """The ticket numbers the message points at (tokens first, then subject tags): load these."""
-    hd = config.helpdesk
-    return ticket_ids_named(message, hd.message_id_domain, hd.address, hd.subject_tag)
+    return ticket_ids_for(message, config.helpdesk)
 
 
-def ticket_ids_named(message: Message, domain: str, address: str, subject_tag: str) -> list[int]:
-    """:func:`wanted_ticket_ids` for these settings; computed once per message and settings (the
-    helper process does it ahead of the filing thread)."""
-    key = ("ticket_ids", domain, address, subject_tag)
+def ticket_ids_for(message: Message, hd: Helpdesk) -> list[int]:
+    """:func:`wanted_ticket_ids` under these ``[helpdesk]`` settings; computed once per message and
+    settings (the helper process does it ahead of the filing thread)."""
+    domain, address, subject_tag = hd.message_id_domain, hd.address, hd.subject_tag
+    key = ("ticket_ids", domain, address, subject_tag)  # everything it reads besides the message
     if key not in message.memo:
         refs = [*our_references(message, domain), *plus_references(message, address)]
         own = own_reference(message.message_id, domain)

@@ -33,7 +33,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .decide import strip_imitations, ticket_ids_named
+from .decide import strip_imitations, ticket_ids_for
 from .health import pid_alive
 from .identity import code_candidates
 from .lang import guessed_language
@@ -77,7 +77,7 @@ def parse_batch(raws: list[bytes | None], limits: Limits, helpdesk: Helpdesk | N
                 guessed_language(message)
                 code_candidates(message)
                 if helpdesk is not None:
-                    ticket_ids_named(message, helpdesk.message_id_domain, helpdesk.address, helpdesk.subject_tag)
+                    ticket_ids_for(message, helpdesk)
                     no_autoreply_reason(message, helpdesk.address, helpdesk.message_id_domain)
             out.append(message)
         except Exception:  # noqa: BLE001 - reported where it counts: the filing thread parses it again

@@ -90,12 +90,13 @@ class SentLog:
             parsed = self._prune(parsed, at - horizon)
         line = (float(f"{at:.3f}"), out_id, _digest(addr))
         text = f"{at:.3f} {out_id} {line[2]}\n".encode()
-        if hold and self._waiting and self._waiting[0] == threading.get_ident():
-            self._waiting[1].append(text)
-            parsed.add(line)
+        held = hold and self._waiting and self._waiting[0] == threading.get_ident()
+        if held:
+            self._waiting[1].append(text)  # type: ignore[index]
         else:
             append_line(self.path, text, sync=self.sync)
-            parsed.add(line)  # nobody else wrote in between: we hold the write lock
+        parsed.add(line)  # nobody else wrote in between: we hold the write lock
+        if not held:
             parsed.identity = _identity(self.path)
         self._parsed = parsed
 
@@ -113,7 +114,7 @@ class SentLog:
             self.flush()
         finally:
             if self._held():  # an error ended the block before their mail was handed to anyone
-                self._parsed = _Parsed(identity=(-1, -1, -1))  # forgotten: read the log again
+                self._forget()
             self._waiting = None
 
     def flush(self) -> None:
@@ -126,7 +127,7 @@ class SentLog:
         try:
             append_line(self.path, b"".join(lines), sync=self.sync)
         except BaseException:
-            self._parsed = _Parsed(identity=(-1, -1, -1))
+            self._forget()
             raise
         finally:
             lines.clear()
@@ -134,6 +135,10 @@ class SentLog:
 
     def _held(self) -> bool:
         return bool(self._waiting and self._waiting[1])
+
+    def _forget(self) -> None:
+        """Drop what we counted but did not write: the log is read again at the next look."""
+        self._parsed = _Parsed(identity=(-1, -1, -1))
 
     def _current(self) -> _Parsed:
         """The parsed log, read again only when the file changed behind our back."""

@@ -39,7 +39,6 @@ from dataclasses import fields
 from datetime import datetime, timezone
 from pathlib import Path
 
-
 from ..errors import PermanentError
 from ..ticket import Requester, Status, Ticket
 from . import tomlout
@@ -78,7 +77,7 @@ class TicketStore:
         for sub in ("tickets", "index/keys", "index/msgid"):
             ensure_dir(state_dir / sub, sync=self.sync)
         self._legacy = old_index_layout(state_dir)  # entries may be two levels down
-        if not self._legacy and not os.path.exists(f"{self._root}/{LAYOUT}"):
+        if not self._legacy and not exists(f"{self._root}/{LAYOUT}"):
             self._mark_layout()  # a new store (or one whose first start stopped short): nothing to move
 
     @property
@@ -423,8 +422,8 @@ def _two_levels(path: str) -> str:
 def old_index_layout(state_dir: Path) -> bool:
     """Whether the store's index may still be in the old two-level layout: it has entries and no
     ``index/layout``. Reads only (``helpdeskctl status`` asks too)."""
-    index = state_dir / "index"
-    return not (index / "layout").exists() and any(count_entries(index / name) for name in ("keys", "msgid"))
+    return not (state_dir / LAYOUT).exists() and any(count_entries(state_dir / "index" / name)
+                                                      for name in ("keys", "msgid"))
 
 
 def _subfolders(path: str) -> list[str]:
