@@ -102,7 +102,7 @@ def _pop3_session(r: Reader) -> dict[str, Any]:
         "max_message_bytes": r.get("max_message_bytes", POSITIVE_INT, None),
         "oversized": choice(r, "oversized", OVERSIZED, "an oversized-mail action", default="ticket"),
         "delete_oversized": r.get("delete_oversized", BOOLEAN, False),
-        "max_messages_per_session": r.get("max_messages_per_session", POSITIVE_INT, 500),
+        "max_messages_per_session": r.get("max_messages_per_session", POSITIVE_INT, 5000),
         "max_session_seconds": interval(r, "max_session_time", 300.0),
         "batch": r.get("batch", POSITIVE_INT, 32),
         "backoff_max_seconds": interval(r, "backoff_max", 900.0),
