@@ -100,3 +100,27 @@ def test_an_html_part_says_what_its_text_part_says(config):
         for sentence in re.split(r"(?<=[.:])\s+", " ".join(out.text.split())):
             if len(words(sentence).split()) > 3:
                 assert words(sentence) in shown, (name, lang, sentence)
+
+
+def test_dotted_names_read_the_context_keys_and_methods_still_work(config, tdir):
+    """``ticket.id`` looks the key up first (rendering speed); a key never shadows a dict method a
+    template may call, because no key of the context is named like one."""
+    from helpdeskd.templates import confirm_context, refusal_context, status_context
+
+    (tdir / "en" / "closed.txt").write_text("{{ ticket.id }} {{ ticket.tag }} {{ helpdesk.items() | list | length }}\n")
+    templates = load_templates(config_with_templates(config, tdir))
+    ticket = sample_ticket(config)
+    context = context_for(ticket, config, "en")
+    assert templates.render("closed", "en", None, context).text == f"{ticket.id} {context['ticket']['tag']} 2\n"
+    contexts = [context, refusal_context(config, "en", "s", "r"), confirm_context(config, "en", "C", 5, "x", "s"),
+                status_context(config, "en", [ticket], 1, "domain:example.com", "dmarc")]
+    assert not set(dir(dict)) & {key for variables in contexts for key in _keys(variables)}
+
+
+def _keys(value) -> set[str]:
+    """Every key of every dict in ``value``, however deep (lists included)."""
+    if isinstance(value, dict):
+        return set(value) | {key for item in value.values() for key in _keys(item)}
+    if isinstance(value, list):
+        return {key for item in value for key in _keys(item)}
+    return set()
