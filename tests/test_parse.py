@@ -653,3 +653,17 @@ def test_header_control_characters_are_all_unprintable():
     removed = [chr(c) for c in range(0x110000) if _CONTROLS.match(chr(c))]
     assert removed and not any(ch.isprintable() for ch in removed)
     assert sanitise("a\tb\x00c\u2028d\u00a0e") == "a b c d\u00a0e"
+
+
+def test_the_control_character_check_agrees_with_the_pattern_it_stands_for() -> None:
+    """mimewalk._has_controls decides whether the body needs _BODY_CONTROLS removed: it must see every
+    character the pattern matches, and nothing else, lone surrogates (from undecodable bytes) included."""
+    from helpdeskd.mimewalk import _BODY_CONTROLS, _has_controls
+
+    rng = random.Random(20261122)
+    alphabet = [chr(c) for c in range(0x2100)] + ["\udc80", "\ud800", "\U0001F600", "\r\n"]
+    for _ in range(20000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+        assert _has_controls(text) == (_BODY_CONTROLS.search(text) is not None), repr(text)
+    assert all(_has_controls(chr(c)) == (_BODY_CONTROLS.match(chr(c)) is not None) for c in range(0x110000)
+               if not 0xD800 <= c <= 0xDFFF)
