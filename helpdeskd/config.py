@@ -76,6 +76,26 @@ def load_config(path: str | Path) -> Config:
     return dataclasses.replace(config, source_path=absolute)
 
 
+DEFAULT_STATE_DIR = "../state"  # beside the config file's folder
+
+
+def state_dir_of(file: str | Path) -> Path | None:
+    """The state directory a config file names, read even when the rest of the file is invalid (so
+    ``helpdeskctl status`` can still show the daemon's status): None when the file is not readable
+    TOML or its ``[helpdesk] state_dir`` is not a string."""
+    source = Path(file)
+    try:
+        data = _read_toml(source)
+    except ConfigError:
+        return None
+    table = data.get("helpdesk")
+    if not isinstance(table, dict):
+        table = {}
+    problems: list[str] = []
+    found = path(Reader(table, "helpdesk", problems), "state_dir", source.resolve().parent, DEFAULT_STATE_DIR)
+    return None if problems else found
+
+
 def build_config(data: dict[str, Any], base_dir: Path, source: str = "") -> Config:
     """Validate an already parsed TOML document into a :class:`Config` (``source_path`` left ``None``).
 
@@ -163,7 +183,7 @@ def _helpdesk(r: Reader | None, declared: Declared, base_dir: Path) -> Helpdesk 
     defaults = _defaults(r, declared)
     conversation = _conversation(r)
     places = {
-        "state_dir": path(r, "state_dir", base_dir, "../state"),
+        "state_dir": path(r, "state_dir", base_dir, DEFAULT_STATE_DIR),
         "templates_dir": path(r, "templates_dir", base_dir, "../templates"),
     }
     r.finish()

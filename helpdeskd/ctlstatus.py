@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import load_config
+from .config import load_config, state_dir_of
 from .errors import ConfigError
 from .health import (DUPLICATES, FILED, IGNORED, age_seconds, attention, daemon_down, outbox_depth, pid_alive,
                      read_status, total)
@@ -62,9 +62,11 @@ def _locate(args: argparse.Namespace) -> tuple[Path | None, Config | None, list[
     if args.state_dir is not None and args.config is None:
         running = (read_status(args.state_dir) or {}).get("config")
         return (args.state_dir, *_load(Path(running))) if running else (args.state_dir, None, [])
-    config, problems = _load(config_path(args.config))
-    if config is None:
-        return args.state_dir, None, problems if args.state_dir else problems + ["give --state-dir to see the status"]
+    path = config_path(args.config)
+    config, problems = _load(path)
+    if config is None:  # the daemon may well run on the config it had: its status is worth showing
+        state_dir = args.state_dir or state_dir_of(path)
+        return state_dir, None, problems if state_dir else problems + ["give --state-dir to see the status"]
     return args.state_dir or config.helpdesk.state_dir, config, []
 
 

@@ -285,6 +285,9 @@ NOT_RELAYED = ("not relayed: this staff mail carries no reply token; answer from
 def _on_ticket(message: Message, match: Match, lang: str, quiet: str | None, config: Config,
                view: View) -> Decision:
     ticket, role = match.ticket, match.role
+    if role == "requester" and ticket.requester.language in LANGUAGES:  # a short "#close" says no language:
+        hd = config.helpdesk  # answer in the one the ticket was opened in, not the helpdesk's default
+        lang = choose_language(message, LANGUAGES, ticket.requester.language, hd.detect_language)
     if quiet:  # an auto-reply or a bounce: record it, change and answer nothing
         note = (f"no automatic answer: {quiet}",)
         return Decision(FollowUp(ticket.id, role, internal=role == "staff"), (), lang, note)

@@ -460,3 +460,19 @@ def test_pop3_checks():
     assert _pop3_problems(port=70000) == ["mailboxes[0].port: 70000 is not a TCP port (1-65535)"]
     assert _pop3_problems(oversized="drop")[0].startswith('mailboxes[0].oversized: "drop" is not')
     assert _pop3_problems(path="x", hots="h")[0] == 'mailboxes[0].hots: unknown key (did you mean "host"?)'
+
+
+def test_the_state_dir_is_read_from_a_file_that_is_toml_but_not_a_valid_config(tmp_path):
+    from helpdeskd.config import state_dir_of
+
+    (tmp_path / "etc").mkdir()
+    named = tmp_path / "etc" / "named.toml"
+    named.write_text('[helpdesk]\nstate_dir = "../var/state"\ndefault_queue = "nowhere"\n')
+    assert state_dir_of(named) == (tmp_path / "var" / "state").resolve()
+    default = tmp_path / "etc" / "default.toml"
+    default.write_text("[helpdesk]\nname = 3\n")
+    assert state_dir_of(default) == (tmp_path / "state").resolve()  # as the daemon would: ../state
+    for text in ("[helpdesk\n", '[helpdesk]\nstate_dir = 5\n'):
+        default.write_text(text)
+        assert state_dir_of(default) is None
+    assert state_dir_of(tmp_path / "missing.toml") is None

@@ -119,6 +119,24 @@ def test_requester_closes_by_subject(svc, subject):
     assert svc.store.get(tid).status == "closed"
 
 
+@pytest.mark.parametrize("subject,body,lang", [
+    # nothing in them says which language: the ticket's (English), not the default (Spanish)
+    ("Re: [Soporte #{id}] #close", "ok", "en"),
+    ("Re: [Soporte #{id}]", "#close", "en"),
+    ("Re: [Soporte #{id}]", "ok", "en"),
+    ("Re: [Soporte #{id}]", "#close\nHola, ya funciona todo. Muchas gracias por la ayuda con el correo.", "es"),
+])
+def test_a_requesters_reply_without_a_language_is_answered_in_the_tickets(svc, subject, body, lang):
+    assert svc.config.helpdesk.default_language == "es"
+    tid, ack = open_ticket(svc, subject="My site does not load", sender="Ann Smith <ann@client.example>",
+                           body="Hello, my web site does not load since this morning. Can you help me please? Thanks")
+    assert svc.store.get(tid).requester.language == "en"
+    send(svc, answer_to(ack, body, "ann@client.example", subject=subject.format(id=tid)))
+    template = "closed" if "#close" in subject + body else "ack_followup"
+    assert mails(svc, to="ann@client.example", template=template)
+    assert [e["language"] for e in svc.store.events(tid) if e.get("template") == template] == [lang]
+
+
 @pytest.mark.parametrize("line,lang,phrase", [
     ("#escalar Tenemos la tienda caída y perdemos ventas", "es", "Qué ocurre ahora"),
     ("#escalate Our shop is down and we are losing sales", "en", "What happens next"),

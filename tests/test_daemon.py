@@ -165,6 +165,11 @@ def test_reload_with_broken_toml_or_template_keeps_the_old_config(tmp_path, runn
     assert alone.returncode == 1
     assert any(str(config) in line and "is invalid" in line for line in json.loads(alone.stdout)["attention"])
     assert ctl(config, "status").returncode == 1  # the broken file cannot say where: attention, not "down"
+    config.write_text(good.replace('default_queue = "general"', 'default_queue = "sales"'))  # TOML, not valid
+    code, report = status_json(config)  # no --state-dir: the state_dir the file names is still read
+    assert code == 1 and report["status"]["state"] == "running" and report["status"]["reload_failed"]
+    assert any("sales" in line and "is invalid" in line for line in report["attention"])
+    assert not any("--state-dir" in line for line in report["attention"])
 
     config.write_text(good)
     (templates / "en" / "ack_new.txt").write_text("{{ ticket.id }\n")
