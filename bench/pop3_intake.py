@@ -94,11 +94,10 @@ def child_helpdeskd(config: str, no_fsync: bool = False, profile: str = "") -> d
     from helpdeskd import logs
     from helpdeskd.cycle import Services
     from helpdeskd.gateway import poll_pop3_fully
-    from helpdeskd.runtime import load, tune_gc
+    from helpdeskd.runtime import load
 
     logs.setup("warning")
     runtime = load(Path(config))
-    tune_gc()  # as `helpdeskd run` and `once` do
     svc = Services.open(runtime.config, runtime.templates)
     helper_start = 0.0
     if runtime.config.mail_gateway.helper_process:  # as the daemon does when it starts: not a per-poll cost

@@ -13,7 +13,7 @@ from .errors import ConfigError, StoreLocked, TransientError
 from .gateway import poll_pop3_fully
 from .intake import log_outcome, poll_maildir
 from .message import Inbound
-from .runtime import Runtime, config_path, load, tune_gc
+from .runtime import Runtime, config_path, load
 from .store.fsck import fsck
 from .store.lock import DAEMON, WRITE, StateLock
 
@@ -79,13 +79,11 @@ def _smtp_summary(smtp) -> str:
 def cmd_run(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
     from .daemon import run_daemon  # asyncio machinery only for the daemon
 
-    tune_gc()
     return run_daemon(path, runtime, log_level=args.log_level)
 
 
 def cmd_once(args: argparse.Namespace, path: Path, runtime: Runtime) -> int:
     """Poll every mailbox once, file what is there, exit (cron-friendly)."""
-    tune_gc()
     with StateLock(runtime.config.helpdesk.state_dir, DAEMON).acquire():
         svc = Services.open(runtime.config, runtime.templates)
         failed = False

@@ -42,7 +42,6 @@ from .logs import get
 from .mailjob import MailJob, Queued, Unsendable, compose_job, write_job
 from .message import Message
 from .parse import parse
-from .runtime import tune_gc
 from .settings import Config, Helpdesk, Limits
 from .store.fsutil import Syncer
 from .store.outbox import Outbox
@@ -180,7 +179,7 @@ def _submit(function, *args) -> Future | None:
                 with _quiet_resource_tracker():  # started now: with the pool's first semaphore, or its first helper
                     if _pool is None:
                         _pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("forkserver"),
-                                                    initializer=_started, initargs=(os.getpid(),))
+                                                    initializer=_exit_with, initargs=(os.getpid(),))
                     future = _pool.submit(function, *args)
             except (BrokenProcessPool, OSError, RuntimeError) as exc:
                 _forget(exc, _pool)
@@ -227,12 +226,6 @@ def _answer(future: Future | None, seconds: float | None = None) -> list | None:
     with _lock:
         _forget(failure, future.pool)  # type: ignore[attr-defined]
     return None
-
-
-def _started(daemon: int) -> None:
-    """The helper's first steps: the daemon's collector settings, and an end with the daemon."""
-    tune_gc()
-    _exit_with(daemon)
 
 
 def _exit_with(daemon: int) -> None:

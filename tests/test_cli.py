@@ -211,27 +211,3 @@ def test_helpdeskctl_takes_the_config_before_or_after_the_command():
     assert parser.parse_args(["outbox", "retry", "--all", "-c", "c.toml"]).config == "c.toml"
     assert parser.parse_args(["--config", "d.toml", "list", "--c", "dns"]).category == ["dns"]  # still --category
     assert parser.parse_args(["show", "3"]).config is None  # then $HELPDESKD_CONFIG or /etc/helpdeskd
-
-
-def test_run_and_once_tune_the_collector_before_filing(tmp_path, monkeypatch):
-    """``helpdeskd run`` and ``once`` file mail with the collector settings of ``runtime.tune_gc``
-    (the helper process too: see test_helper)."""
-    from helpdeskd import cli
-
-    calls = []
-    monkeypatch.setattr(cli, "tune_gc", lambda: calls.append("gc"))
-    monkeypatch.setattr(cli, "poll_maildir", lambda mailbox, svc: calls.append("poll") or _NoMail())
-    path = write_config(tmp_path)
-    assert cli.main(["once", "-c", str(path)]) == 0
-    assert calls[0] == "gc" and "poll" in calls
-    import helpdeskd.daemon
-
-    monkeypatch.setattr(helpdeskd.daemon, "run_daemon", lambda *args, **kwargs: calls.append("daemon") or 0)
-    calls.clear()
-    assert cli.main(["run", "-c", str(path)]) == 0
-    assert calls == ["gc", "daemon"]
-
-
-class _NoMail:
-    counts: dict = {}
-    error = None

@@ -505,12 +505,3 @@ def test_start_brings_the_helper_up_before_any_batch():
     assert helper.start() and list(helper._pool._processes) == [pid]  # started once
     assert helper.parsed(helper.parse_ahead([SPANISH], Limits()), 1)[0] is not None
     assert list(helper._pool._processes) == [pid]  # the batch went to the helper already running
-
-
-def test_the_helper_runs_with_the_daemons_collector_settings():
-    import gc
-
-    from helpdeskd.runtime import GC_THRESHOLDS
-
-    assert helper._answer(helper._submit(gc.get_threshold)) == GC_THRESHOLDS
-    assert helper._answer(helper._submit(gc.get_freeze_count)) > 0  # what the helper imported is set aside

@@ -103,8 +103,8 @@ def test_an_html_part_says_what_its_text_part_says(config):
 
 
 def test_dotted_names_read_the_context_keys_and_methods_still_work(config, tdir):
-    """``ticket.id`` looks the key up first (rendering speed); a key never shadows a dict method a
-    template may call, because no key of the context is named like one."""
+    """``ticket.id`` looks the key up first (rendering speed), so a key named like a dict method would
+    hide the method: no key of the contexts we render with is named like one."""
     from helpdeskd.templates import confirm_context, refusal_context, status_context
 
     (tdir / "en" / "closed.txt").write_text("{{ ticket.id }} {{ ticket.tag }} {{ helpdesk.items() | list | length }}\n")
@@ -112,6 +112,10 @@ def test_dotted_names_read_the_context_keys_and_methods_still_work(config, tdir)
     ticket = sample_ticket(config)
     context = context_for(ticket, config, "en")
     assert templates.render("closed", "en", None, context).text == f"{ticket.id} {context['ticket']['tag']} 2\n"
+    from helpdeskd.templates import _Environment
+
+    shadowing = "{{ d.items | join(',') }} {{ d.get('x') }} {{ d.x }}"
+    assert _Environment().from_string(shadowing).render(d={"items": ["a", "b"], "x": 1}) == "a,b 1 1"  # key first
     contexts = [context, refusal_context(config, "en", "s", "r"), confirm_context(config, "en", "C", 5, "x", "s"),
                 status_context(config, "en", [ticket], 1, "domain:example.com", "dmarc")]
     assert not set(dir(dict)) & {key for variables in contexts for key in _keys(variables)}
