@@ -41,8 +41,8 @@ STATUS_NAMES = {
 class _Environment(jinja2.Environment):
     """Jinja's environment, with ``a.b`` on a plain dict looking up the key first.
 
-    Every variable a template sees is a dict of plain values (:func:`context_for`). Jinja tries
-    the attribute first and the key after, so each ``ticket.id`` raised and caught an
+    Every variable a template sees is a plain value, a list or a dict of them (:func:`context_for`).
+    Jinja tries the attribute first and the key after, so each ``ticket.id`` raised and caught an
     AttributeError: about a third of rendering an acknowledgment. A key that shares its name with a
     dict method (``items``, ``get``) would now win over the method; no key of the context does."""
 
