@@ -56,6 +56,9 @@ async def pop3_poller(mailbox: Mailbox, services: Callable[[], Services], filing
         except asyncio.CancelledError:
             cancelled.set()
             await asyncio.wait([future])
+            if not future.cancelled() and future.exception() is None:  # what the session did before it
+                _log(mailbox, future.result(), failures)  # stopped (a reload or shutdown): said all the same
+                report(mailbox, future.result())
             raise
         if result.error is None and failures:
             log.info("pop3_recovered", mailbox=mailbox.name, after_failures=failures)

@@ -480,6 +480,20 @@ def test_kill_9_mid_session_then_restart_files_each_message_exactly_once(dovecot
     assert sorted(t.subject for t in tickets(svc)) == sorted(f"Consulta {i}" for i in range(60))
 
 
+def test_sigterm_mid_session_says_what_the_session_filed(dovecot, tmp_path):
+    box = Box(dovecot, tmp_path)
+    box.put(*many(200))
+    config, log = write_toml(tmp_path, box.entry(batch=4)), tmp_path / "daemon.log"
+    daemon = start_daemon(config, log)
+    wait_for(lambda: len(logged(log, "message")) >= 10, "the first messages to be filed")
+    daemon.send_signal(signal.SIGTERM)
+    assert daemon.wait(timeout=60) == 0
+    assert box.left > 0  # it stopped mid-mailbox
+    [done] = logged(log, "poll_done")
+    assert done["mailbox"] == box.name and done["new"] == len(logged(log, "message")) == 200 - box.left
+    assert [r["event"] for r in logged(log, "poll_done") + logged(log, "stopped")] == ["poll_done", "stopped"]
+
+
 def test_two_mailboxes_file_to_their_queues_while_a_third_is_down(dovecot, tmp_path):
     tech, bills = Box(dovecot, tmp_path, "tech"), Box(dovecot, tmp_path, "bills")
     dead = Box(dovecot, tmp_path, "dead")
