@@ -9,7 +9,7 @@ fifth with a small attachment) into a fresh Dovecot mailbox and measures, in the
   (a) the floor: stdlib poplib, RETR + DELE of every message, then QUIT — nothing that files mail can
       be faster through the same server;
   (b) helpdeskd: ``poll_pop3_fully`` filing the mailbox into durable tickets with acknowledgments queued
-      (default settings: sessions of 5000, batches of 64, the helper process parsing and composing;
+      (default settings: sessions of 5000, batches of 128, the helper process parsing and composing;
       the helper is started before (b), as the daemon starts it, and its start-up time is shown apart).
 
 ``--one-process`` also measures (b) with ``[mail_gateway] helper_process = false``, in the same run.

@@ -104,7 +104,7 @@ def _pop3_session(r: Reader) -> dict[str, Any]:
         "delete_oversized": r.get("delete_oversized", BOOLEAN, False),
         "max_messages_per_session": r.get("max_messages_per_session", POSITIVE_INT, 5000),
         "max_session_seconds": interval(r, "max_session_time", 300.0),
-        "batch": r.get("batch", POSITIVE_INT, 64),
+        "batch": r.get("batch", POSITIVE_INT, 128),
         "backoff_max_seconds": interval(r, "backoff_max", 900.0),
     }
     return {k: v for k, v in values.items() if v is not None or k == "max_message_bytes"}

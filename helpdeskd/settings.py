@@ -86,7 +86,7 @@ class Pop3:
     delete_oversized: bool = False  # after the note/answer is durable, delete the oversized original
     max_messages_per_session: int = 5000  # with max_session_seconds: what a cut session costs (README)
     max_session_seconds: float = 300.0
-    batch: int = 64  # messages retrieved, filed and deleted together (group commit)
+    batch: int = 128  # messages retrieved, filed and deleted together (group commit)
     backoff_max_seconds: float = 900.0
 
 
