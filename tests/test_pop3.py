@@ -458,12 +458,18 @@ def logged(log: Path, event: str) -> list[dict]:
     return [record for line in lines if line.startswith("{") and (record := json.loads(line))["event"] == event]
 
 
-def test_kill_9_mid_session_then_restart_files_each_message_exactly_once(dovecot, tmp_path):
+def filing_daemon(dovecot, tmp_path: Path, count: int) -> tuple[Box, Path, Path, subprocess.Popen]:
+    """A daemon started on a mailbox of ``count`` messages (batches of 4), once it has filed 10."""
     box = Box(dovecot, tmp_path)
-    box.put(*many(60))
+    box.put(*many(count))
     config, log = write_toml(tmp_path, box.entry(batch=4)), tmp_path / "daemon.log"
     daemon = start_daemon(config, log)
     wait_for(lambda: len(logged(log, "message")) >= 10, "the first messages to be filed")
+    return box, config, log, daemon
+
+
+def test_kill_9_mid_session_then_restart_files_each_message_exactly_once(dovecot, tmp_path):
+    box, config, log, daemon = filing_daemon(dovecot, tmp_path, 60)
     daemon.send_signal(signal.SIGKILL)
     daemon.wait()
     assert box.left > 0  # it really died mid-mailbox
@@ -481,11 +487,7 @@ def test_kill_9_mid_session_then_restart_files_each_message_exactly_once(dovecot
 
 
 def test_sigterm_mid_session_says_what_the_session_filed(dovecot, tmp_path):
-    box = Box(dovecot, tmp_path)
-    box.put(*many(200))
-    config, log = write_toml(tmp_path, box.entry(batch=4)), tmp_path / "daemon.log"
-    daemon = start_daemon(config, log)
-    wait_for(lambda: len(logged(log, "message")) >= 10, "the first messages to be filed")
+    box, _, log, daemon = filing_daemon(dovecot, tmp_path, 200)
     daemon.send_signal(signal.SIGTERM)
     assert daemon.wait(timeout=60) == 0
     assert box.left > 0  # it stopped mid-mailbox
