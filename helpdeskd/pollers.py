@@ -56,17 +56,22 @@ async def pop3_poller(mailbox: Mailbox, services: Callable[[], Services], filing
         except asyncio.CancelledError:
             cancelled.set()
             await asyncio.wait([future])
-            if not future.cancelled() and future.exception() is None:  # what the session did before it
-                _log(mailbox, future.result(), failures)  # stopped (a reload or shutdown): said all the same
-                report(mailbox, future.result())
+            if not future.cancelled() and future.exception() is None:  # a session stopped by a reload or
+                _settle(mailbox, future.result(), failures, report)  # shutdown: said all the same
             raise
-        if result.error is None and failures:
-            log.info("pop3_recovered", mailbox=mailbox.name, after_failures=failures)
-        failures = 0 if result.error is None else failures + 1
-        _log(mailbox, result, failures)
-        report(mailbox, result)
+        failures = _settle(mailbox, result, failures, report)
         if not result.more or result.error is not None:
             await asyncio.sleep(backoff_delay(mailbox, failures))
+
+
+def _settle(mailbox: Mailbox, result: Pop3Result, failures: int, report: Report) -> int:
+    """Log and report one session's result; returns the count of failures in a row after it."""
+    if result.error is None and failures:
+        log.info("pop3_recovered", mailbox=mailbox.name, after_failures=failures)
+    failures = 0 if result.error is None else failures + 1
+    _log(mailbox, result, failures)
+    report(mailbox, result)
+    return failures
 
 
 def _log(mailbox: Mailbox, result: Pop3Result, failures: int) -> None:

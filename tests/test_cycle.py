@@ -333,7 +333,6 @@ def test_a_re_run_that_queues_only_the_staff_notice_does_not_name_the_senders_an
     assert file_safely(Inbound("t", "1", raw), svc).action == "duplicate"
 
 
-
 def test_every_note_of_a_decision_is_in_the_history_once(svc):
     cc = ", ".join(f"c{i}@cliente.es" for i in range(12))
     raw = mail(extra=f"Cc: {cc}\r\nAuto-Submitted: auto-generated")  # too many Cc, and mail we never answer
