@@ -67,23 +67,30 @@ def collecting(jobs: list[MailJob], earlier: frozenset[str] = frozenset()) -> It
         _collector.jobs, _collector.seen = outer
 
 
-def queue_sends(svc: Services, ticket: Ticket, sends: list[Send], occasion: Occasion) -> list[Send]:
+def queue_sends(svc: Services, ticket: Ticket, sends: list[Send], occasion: Occasion, *,
+                fresh: bool = False) -> list[Send]:
     """Queue every Send for ``ticket``; returns the Send of each mail queued now (none on a repeat)
-    or, while :func:`collecting`, to be queued."""
+    or, while :func:`collecting`, to be queued. ``fresh``: the occasion's decision was recorded just
+    now, for the first time (see :func:`_queue_one`)."""
     return [send for send in sends for person in recipients(send, ticket, occasion, svc)
-            if _queue_one(svc, ticket, send, person, occasion)]
+            if _queue_one(svc, ticket, send, person, occasion, fresh)]
 
 
-def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occasion: Occasion) -> int:
+def _queue_one(svc: Services, ticket: Ticket, send: Send, person: Recipient, occasion: Occasion,
+               fresh: bool = False) -> int:
     out_id = hashlib.sha256(f"{occasion.key}:{send.template}:{person.addr}".encode()).hexdigest()[:24]
     mid = make_message_id(ticket.id, ticket.token, out_id, svc.config.helpdesk.message_id_domain)
     job = MailJob(out_id, mid, ticket, send, person, occasion, svc.clock())
-    state = svc.outbox.state_of(out_id)
+    collected = getattr(_collector, "jobs", None)
+    # A fresh decision comes before any mail for its occasion, so the outbox has none to find — but
+    # a power failure may keep queued mail and lose the decision. A collected job is looked up again
+    # (in every state) right before it is written, so the lookup here is only needed when it decides
+    # something: for a job written now, and for an occasion filed before.
+    state = None if fresh and collected is not None else svc.outbox.state_of(out_id)
     if state is not None:
         _cover(svc, out_id, state)
         _record_queued(svc, job)
         return 0
-    collected = getattr(_collector, "jobs", None)
     if collected is not None:
         if out_id in _collector.seen:
             return 0  # asked for already (another copy of the same message): queued once
@@ -122,7 +129,7 @@ def _cover(svc: Services, out_id: str, state: str | None) -> None:
     (its ``state``, as just looked up), the current group commit must cover it, or its batch could be
     deleted upstream first."""
     if state == "new":
-        svc.outbox.sync.written_elsewhere(svc.outbox.path(out_id, "new"))
+        svc.outbox.sync.written_elsewhere(svc.outbox.name(out_id, "new"))
 
 
 def _record_queued(svc: Services, job: MailJob) -> None:

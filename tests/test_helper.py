@@ -414,6 +414,32 @@ def test_mail_the_helper_queued_and_the_sender_sent_is_not_queued_again(svc):
     assert [write_job(svc.config, svc.templates, svc.outbox, job).created for job in jobs] == [False, False]
 
 
+def test_mail_kept_when_a_power_failure_lost_its_decision_is_not_queued_again(svc):
+    """Without a journal, a power failure may keep the queued mail (one of them even sent) and lose
+    the ticket and the decision written before it. Filed again, the decision is made afresh and the
+    filing thread does not look in the outbox; the helper does, before it writes."""
+    import shutil
+
+    from helpdeskd.cycle import file_safely
+    from helpdeskd.mailjob import write_job
+    from helpdeskd.mailout import collecting, finish_job
+
+    jobs = _jobs(svc)
+    for job in jobs:
+        finish_job(svc, job, write_job(svc.config, svc.templates, svc.outbox, job), counted=True)
+    shutil.move(svc.outbox.path(jobs[0].out_id, "new"), svc.outbox.path(jobs[0].out_id, "cur"))  # sent
+    shutil.rmtree(svc.config.helpdesk.state_dir / "tickets")
+    shutil.rmtree(svc.config.helpdesk.state_dir / "index")
+    svc.store = type(svc.store)(svc.config.helpdesk.state_dir, sync=svc.store.sync)
+    again: list = []
+    with collecting(again):
+        assert file_safely(Inbound("t", "1", SPANISH), svc).action == "new"
+    assert [job.out_id for job in again] == [job.out_id for job in jobs]  # collected without a lookup
+    written = [write_job(svc.config, svc.templates, svc.outbox, job) for job in again]
+    assert [answer.created for answer in written] == [False, False]
+    assert sorted(e.state for e in svc.outbox.entries()) == ["cur", "new"]
+
+
 def test_a_copy_in_the_next_batch_is_a_duplicate_while_the_first_ones_mail_is_composed(svc):
     from helpdeskd.cycle import file_safely
     from helpdeskd.mailout import collecting

@@ -16,7 +16,7 @@ from helpdeskd.errors import StoreLocked
 from helpdeskd.message import Inbound
 from helpdeskd.parse import parse
 from helpdeskd.store.fsck import fsck
-from helpdeskd.store.fsutil import atomic_write, create_exclusive
+from helpdeskd.store.fsutil import Syncer, atomic_write, create_exclusive, ensure_dir
 from helpdeskd.store.lock import DAEMON, WRITE, StateLock
 from helpdeskd.store.outbox import Outbox
 from helpdeskd.store.tickets import TicketStore
@@ -53,6 +53,22 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path, monkeypatch):
     assert raced.read_bytes() == b"ours" and sorted(os.listdir(tmp_path)) == ["f", "raced"]
 
 
+@pytest.mark.parametrize("missing", [False, True], ids=["looked up", "said missing"])
+def test_ensure_dir_makes_what_is_missing_and_records_each_new_entry(tmp_path, missing):
+    sync = Syncer(root=tmp_path)
+    deep = tmp_path / "a" / "b" / "c"
+    with sync.collect() as touched:
+        sync._state.record = True  # (paths, as with another file system below the root)
+        assert ensure_dir(deep, sync=sync, missing=missing) == deep and deep.is_dir()
+        ensure_dir(deep, sync=sync, missing=missing)  # there already: nothing to do, no error
+    assert {str(tmp_path), str(tmp_path / "a"), str(tmp_path / "a" / "b")} <= touched.dirs
+    touched.close()
+    (tmp_path / "file").write_bytes(b"")
+    for path in (tmp_path / "file", tmp_path / "file" / "below"):
+        with pytest.raises((FileExistsError, NotADirectoryError)):
+            ensure_dir(path, missing=missing)
+
+
 @pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "written aside"])
 def test_create_exclusive_never_overwrites(tmp_path, monkeypatch, unnamed):
     from helpdeskd.store import fsutil
@@ -65,7 +81,8 @@ def test_create_exclusive_never_overwrites(tmp_path, monkeypatch, unnamed):
     assert create_exclusive(path, b"first") and not create_exclusive(path, b"second")
     assert path.read_bytes() == b"first" and sorted(os.listdir(tmp_path)) == ["m.eml"]
     assert oct(path.stat().st_mode & 0o777) == oct(0o640 & ~_umask())
-    assert linked == [str(path)]  # the second call stopped at the existing name
+    # no lookup first: the second call's link meets the existing name (or, written aside, a lookup)
+    assert linked == [str(path)] * 2
     assert fsutil._unnamed is unnamed  # this machine (Linux, ext4/tmpfs, /proc) links unnamed files
 
 

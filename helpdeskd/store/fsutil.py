@@ -330,10 +330,11 @@ def read_json(path: StrPath):
         return None
 
 
-def atomic_write(path: StrPath, data: bytes, *, sync: Syncer = IMMEDIATE) -> None:
-    """Replace ``path`` with ``data`` so a reader or a crash sees the old or the new file, never half."""
+def atomic_write(path: StrPath, data: bytes, *, sync: Syncer = IMMEDIATE, new: bool = False) -> None:
+    """Replace ``path`` with ``data`` so a reader or a crash sees the old or the new file, never half.
+    ``new``: the caller knows of no such file yet (a hint: no lookup first; wrong, it costs a write)."""
     path = os.fspath(path)
-    if not exists(path) and _link_unnamed(path, data, sync):
+    if (new or not exists(path)) and _link_unnamed(path, data, sync):
         return  # a new file, linked in whole: no temporary name to make, then rename
     os.replace(_write_aside(path, data, sync), path)
     sync.directory(os.path.dirname(path))
@@ -366,11 +367,11 @@ def create_exclusive(path: StrPath, data: bytes, *, sync: Syncer = IMMEDIATE) ->
     that later looks valid.
     """
     path = os.fspath(path)
-    if exists(path):
-        return False
-    created = _link_unnamed(path, data, sync)
+    created = _link_unnamed(path, data, sync)  # (no lookup first: the link finds an existing file)
     if created is not None:
         return created
+    if exists(path):
+        return False
     tmp = _write_aside(path, data, sync)
     try:
         os.link(tmp, path)
@@ -463,20 +464,27 @@ def count_entries(folder: StrPath, suffix: str = "") -> int:
 
 def ensure_dir(path: P, *, sync: Syncer = IMMEDIATE, missing: bool = False) -> P:
     """Create ``path`` (and parents) if missing, durably: each new entry's directory is synced.
-    ``missing``: the caller has just found it missing. Returns ``path`` as given."""
+    ``missing``: the caller has just found it missing, or knows it to be (no lookup first; a hint
+    only). Returns ``path`` as given."""
     name = os.fspath(path)
     if not missing and os.path.isdir(name):
         return path
-    absent = [name]
-    while not os.path.isdir(parent := os.path.dirname(absent[-1])):
-        absent.append(parent)
-    for folder in reversed(absent):
+    todo = [name]  # the last one is made first; a missing parent joins the list
+    while todo:
+        folder = todo[-1]
         try:
             os.mkdir(folder)
+        except FileNotFoundError:
+            parent = os.path.dirname(folder)
+            if parent == folder:
+                raise
+            todo.append(parent)
+            continue
         except FileExistsError:
             if not os.path.isdir(folder):
                 raise
         sync.directory(os.path.dirname(folder))
+        todo.pop()
     return path
 
 

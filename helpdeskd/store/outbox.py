@@ -45,7 +45,7 @@ class Outbox:
     def state_of(self, msg_id: str) -> str | None:
         """Where the message with this id is, or None if it was never queued."""
         for state in STATES:
-            if exists(self._name(msg_id, state)):
+            if exists(self.name(msg_id, state)):
                 return state
         return None
 
@@ -57,7 +57,7 @@ class Outbox:
         """:meth:`enqueue` for a caller that has just found ``state_of(msg_id)`` None, under the write
         lock (the filing path: one check per mail, not two); a second copy in ``new/`` is still refused."""
         head = json.dumps({"id": msg_id, **envelope}, ensure_ascii=False, sort_keys=True).encode()
-        return create_exclusive(self._name(msg_id, "new"), head + b"\n" + data, sync=self.sync)
+        return create_exclusive(self.name(msg_id, "new"), head + b"\n" + data, sync=self.sync)
 
     def read(self, path: Path, state: str) -> OutboxEntry:
         head, _, data = path.read_bytes().partition(b"\n")
@@ -72,9 +72,9 @@ class Outbox:
 
     # -- delivery bookkeeping (the sender is the only one moving files out of new/) -----------------
     def path(self, msg_id: str, state: str) -> Path:
-        return Path(self._name(msg_id, state))
+        return Path(self.name(msg_id, state))
 
-    def _name(self, msg_id: str, state: str) -> str:
+    def name(self, msg_id: str, state: str) -> str:
         """:meth:`path` as a string: looked up several times for each mail filing queues (no pathlib)."""
         return f"{self.root}/{state}/{msg_id}.msg"
 

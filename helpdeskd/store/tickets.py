@@ -63,6 +63,7 @@ class _Unit(threading.local):
         self.pending: dict[int, list[bytes]] = {}  # event lines not written yet, per ticket
         self.msgids: dict[str, int | None] = {}  # Message-ID index answers, as read or written
         self.ids: list[int] = []  # reserved ticket ids not handed out yet (ascending)
+        self.fresh: set[int] = set()  # ids handed out in this unit, their folders absent then (a hint)
 
 
 class TicketStore:
@@ -110,6 +111,7 @@ class TicketStore:
                     unit.raw.clear()
                     unit.pending.clear()
                     unit.msgids.clear()
+                    unit.fresh.clear()
 
     @contextmanager
     def ids_reserved(self, count: int) -> Iterator[None]:
@@ -162,6 +164,7 @@ class TicketStore:
             self.set_seq(candidate)
         if unit.depth:  # no folder, so no history: nothing to read while this unit lasts
             unit.raw.setdefault(candidate, b"")
+            unit.fresh.add(candidate)
         return candidate
 
     def set_seq(self, last: int) -> None:
@@ -198,13 +201,18 @@ class TicketStore:
         """Replace the ticket's metadata atomically (creating its folder the first time)."""
         folder = ensure_dir(self._ticket_dir(ticket.id), sync=self.sync)
         self._write_events(ticket.id)  # history first: saved metadata tells a re-run the mail is filed
-        atomic_write(f"{folder}/ticket.toml", tomlout.dumps(ticket_to_dict(ticket)).encode(), sync=self.sync)
+        data = tomlout.dumps(ticket_to_dict(ticket)).encode()
+        atomic_write(f"{folder}/ticket.toml", data, sync=self.sync, new=ticket.id in self._unit.fresh)
 
     def store_mail(self, ticket: Ticket, key: str, raw: bytes, name: str = "") -> str:
         """Keep raw bytes under ``mail/``; returns the file name. Storing the same key twice is a no-op.
         ``name``: the name the history gives it (restoring a lost file), else the next number's."""
-        mail = f"{self._ticket_dir(ticket.id)}/mail"
-        if os.path.isdir(mail):  # (a new ticket's is made below, empty)
+        folder = self._ticket_dir(ticket.id)
+        mail = f"{folder}/mail"
+        if ticket.id in self._unit.fresh:  # a ticket made in this unit: no folder yet (most likely)
+            ensure_dir(folder, sync=self.sync, missing=True)
+            ensure_dir(mail, sync=self.sync, missing=True)
+        elif os.path.isdir(mail):
             existing = self.find_mail(ticket.id, key)
             if existing is not None:
                 return existing
