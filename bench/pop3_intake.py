@@ -96,8 +96,8 @@ def child_helpdeskd(config: str, no_fsync: bool = False, profile: str = "") -> d
     from helpdeskd.gateway import poll_pop3_fully
     from helpdeskd.runtime import load
 
-    logs.setup("warning")
     runtime = load(Path(config))
+    logs.setup(runtime.config.log_level)  # as the daemon: a line per message (stderr: a pipe the parent drains)
     svc = Services.open(runtime.config, runtime.templates)
     helper_start = 0.0
     if runtime.config.mail_gateway.helper_process:  # as the daemon does when it starts: not a per-poll cost
