@@ -15,7 +15,7 @@ fifth with a small attachment) into a fresh Dovecot mailbox and measures, in the
 ``--one-process`` also measures (b) with ``[mail_gateway] helper_process = false``, in the same run.
 ``--server-dir DIR`` runs Dovecot from a folder under DIR (``/dev/shm``: its disk work stays off the
 store's file system, as with a remote server); ``--fresh-fs`` gives each (b) a freshly made ext4
-with a journal (a loop file) for its state directory.
+with a journal (a loop file, written with direct I/O as a disk is) for its state directory.
 Each measurement runs in a child process; its peak RSS (VmHWM) is reported, and the helper's. Needs
 root and Dovecot (``scripts/test`` installs it). Prints a table and the ratio b/a.
 """
@@ -237,7 +237,7 @@ def load_mailbox(server, maildir: Path, n: int) -> int:
 
 
 def measure(server, work: Path, n: int, protocol: str, no_fsync: bool, profile: str = "",
-            one_process: bool = False, fresh_fs: bool = False) -> dict:
+            one_process: bool = False, fresh_fs: bool = False, cached_loop: bool = False) -> dict:
     from dovecot import PASSWORD
 
     user = f"bench{protocol}"
@@ -256,7 +256,7 @@ def measure(server, work: Path, n: int, protocol: str, no_fsync: bool, profile: 
     runs += [("one_process", False, [])] if one_process else []
     for name, helper, extra in runs:
         load_mailbox(server, maildir, n)
-        with state_place(work, fresh_fs) as place:
+        with state_place(work, fresh_fs, cached_loop) as place:
             config = write_config(work, place / f"state-{protocol}", server, user, protocol, helper)
             row[name] = run_child("helpdeskd", str(config), *extra)
         assert row[name]["messages"] == n, row[name]
@@ -272,9 +272,12 @@ def floor_rate(row: dict) -> float:
 
 
 @contextlib.contextmanager
-def state_place(work: Path, fresh_fs: bool):
+def state_place(work: Path, fresh_fs: bool, cached_loop: bool = False):
     """Where one measurement's state directory goes: ``work`` (removed afterwards), or a freshly made
-    ext4 with a journal, in a loop file, mounted for this measurement only."""
+    ext4 with a journal, in a loop file, mounted for this measurement only. The loop device reads and
+    writes its file with direct I/O, as a disk would be written (``cached_loop``: through the page
+    cache of the file system holding the file, which copies every block once more and writes it back
+    with the host's threads: CPU a store on a real disk does not cost)."""
     if not fresh_fs:
         try:
             yield work
@@ -287,11 +290,16 @@ def state_place(work: Path, fresh_fs: bool):
     with open(image, "wb") as file:
         file.truncate(2 << 30)  # sparse: blocks are allocated as the store grows
     subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True)
-    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    device = subprocess.run(["losetup", "--find", "--show", f"--direct-io={'off' if cached_loop else 'on'}",
+                             str(image)], check=True, capture_output=True, text=True).stdout.strip()
     try:
-        yield mount
+        subprocess.run(["mount", device, str(mount)], check=True)
+        try:
+            yield mount
+        finally:
+            subprocess.run(["umount", str(mount)], check=True)
     finally:
-        subprocess.run(["umount", str(mount)], check=True)
+        subprocess.run(["losetup", "-d", device], check=True)
         image.unlink()
         mount.rmdir()
 
@@ -311,7 +319,10 @@ def main() -> None:
                              "helpdeskd's state directory")
     parser.add_argument("--fresh-fs", action="store_true",
                         help="put each measurement's state directory on a freshly made ext4 with a journal "
-                             "(a loop file in the work folder; needs root)")
+                             "(a loop file in the work folder, read and written with direct I/O; needs root)")
+    parser.add_argument("--cached-loop", action="store_true",
+                        help="with --fresh-fs: the loop file through the host's page cache, as before the "
+                             "eighth session (every block copied once more and written back by host threads)")
     args = parser.parse_args()
     from dovecot import Dovecot, make_pki
 
@@ -322,7 +333,7 @@ def main() -> None:
     server = Dovecot(server_base, make_pki(server_base)).start()
     try:
         rows = [measure(server, base, args.n, protocol, args.what_if_no_fsync, args.profile, args.one_process,
-                        args.fresh_fs)
+                        args.fresh_fs, args.cached_loop)
                 for protocol in args.tls.split(",")]
     finally:
         server.stop()
