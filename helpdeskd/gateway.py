@@ -39,7 +39,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from . import helper
+from . import helper, logs
 from .cycle import Outcome, Services, file_safely, quarantine
 from .errors import PermanentError, TransientError
 from .intake import PollResult, log_outcome
@@ -231,7 +231,8 @@ def _file_batch(batch: _Batch | None, *, mailbox: Mailbox, svc: Services, ledger
     """
     done: list[tuple[Listed, str]] = []
     try:
-        touched, failure = locked(lambda: _file_locked(batch, mailbox, svc, ledger, result, pending, done))
+        with logs.deferred():  # a line per message, written together
+            touched, failure = locked(lambda: _file_locked(batch, mailbox, svc, ledger, result, pending, done))
     except OSError as exc:  # taking the write lock (or appending rate-limit lines left at the end: none, usually)
         raise TransientError(f"storage failed: {exc}") from exc
     committing = committer.submit(_commit, done, touched, svc, ledger)

@@ -12,6 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TextIO
 
 import structlog
@@ -39,9 +42,70 @@ def setup(level: str = "info", *, json: bool | None = None, stream: TextIO | Non
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=_Output(stream).logger,
         cache_logger_on_first_use=False,
     )
+
+
+_output: "_Output | None" = None  # the one set up last (see deferred)
+
+
+class _Output:
+    """Where rendered lines go: to the stream, one write each — or, inside :func:`deferred` in this
+    thread, into a list written in one go when the block ends. A warning or worse is written at
+    once, after the lines held before it."""
+
+    def __init__(self, stream: TextIO) -> None:
+        global _output
+        self.stream = stream
+        self.lock = threading.Lock()  # (lines from several threads never interleave)
+        self.held = threading.local()
+        _output = self
+
+    def logger(self, *_args: Any) -> "_Logger":
+        return _Logger(self)
+
+    def emit(self, level: str, line: str) -> None:
+        held = getattr(self.held, "lines", None)
+        if held is not None and level in ("debug", "info"):
+            held.append(line)
+            return
+        self.write([*(held or ()), line])
+        if held:
+            held.clear()
+
+    def write(self, lines: list[str]) -> None:
+        if lines:
+            with self.lock:
+                self.stream.write("".join(line + "\n" for line in lines))
+                self.stream.flush()
+
+
+class _Logger:
+    """What structlog calls with each rendered line, by the name of its level."""
+
+    def __init__(self, output: _Output) -> None:
+        self._output = output
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda line: self._output.emit(level, line)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block (this thread), info and debug lines are written together when it ends: one
+    write for a batch of mail instead of one per message, for us and for the journal reading them.
+    They come out a batch later (and a crash mid-block loses them, not the work they tell of)."""
+    output = _output
+    if output is None or getattr(output.held, "lines", None) is not None:  # not set up, or nested
+        yield
+        return
+    output.held.lines = []
+    try:
+        yield
+    finally:
+        lines, output.held.lines = output.held.lines, None
+        output.write(lines)
 
 
 def is_journal(stream: TextIO) -> bool:

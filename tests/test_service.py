@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -133,6 +134,38 @@ def test_journal_lines_carry_their_syslog_priority(tmp_path, monkeypatch):
     logs.setup("info")
 
 
+def test_deferred_lines_come_out_together_at_the_end_and_a_warning_brings_them_out_first():
+    class Stream(io.StringIO):
+        writes = 0
+
+        def write(self, text):
+            self.writes += 1
+            return super().write(text)
+
+    out = Stream()
+    logs.setup("info", json=True, stream=out)
+    log = logs.get("intake")
+    elsewhere = threading.Thread(target=lambda: log.info("other_thread"))
+    with logs.deferred():
+        log.info("one")
+        log.debug("not_shown")  # (filtered by the level, as ever)
+        with logs.deferred():  # nested: still the outer block's
+            log.info("two")
+        elsewhere.start()
+        elsewhere.join()
+        assert [json.loads(line)["event"] for line in out.getvalue().splitlines()] == ["other_thread"]
+        log.warning("three")
+        log.info("four")
+        assert out.writes == 2  # the other thread's line; "one", "two" and "three" in one write
+    assert [json.loads(line)["event"] for line in out.getvalue().splitlines()] == [
+        "other_thread", "one", "two", "three", "four"]
+    assert out.writes == 3
+    log.info("five")  # outside a block: at once
+    assert out.writes == 4 and json.loads(out.getvalue().splitlines()[-1])["event"] == "five"
+    logs.setup("info")
+
+
+# -- status ---------------------------------------------------------------------------------------------------
 # -- status ---------------------------------------------------------------------------------------------------
 
 
