@@ -323,10 +323,23 @@ def exists(path: str) -> bool:
 def read_json(path: StrPath):
     """The JSON value in ``path``, or None when it is missing or unreadable (cut short by a crash while
     first written, or edited by hand): every record read this way may be absent."""
+    data = read_small(path)
+    try:
+        return None if data is None else json.loads(data)
+    except ValueError:
+        return None
+
+
+def read_small(path: StrPath) -> bytes | None:
+    """The bytes in ``path``, or None when it is missing. Looked up first: where most lookups miss
+    (the filing path's index entries), a miss then costs no exception, which is most of what it costs."""
+    path = os.fspath(path)
+    if not exists(path):
+        return None
     try:
         with open(path, "rb") as file:
-            return json.loads(file.read())
-    except (FileNotFoundError, NotADirectoryError, ValueError):
+            return file.read()
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 

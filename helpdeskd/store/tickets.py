@@ -43,7 +43,7 @@ from ..errors import PermanentError
 from ..ticket import Requester, Status, Ticket
 from . import tomlout
 from .fsutil import (Syncer, append_line, atomic_write, count_entries, create_exclusive, ensure_dir, exists,
-                     read_json, write_new)
+                     read_json, read_small, write_new)
 
 LAYOUT = "index/layout"  # present: index entries are one level down (see the module docstring)
 _TICKET_FIELDS = {f.name for f in fields(Ticket)} - {"extra", "requester", "status"}
@@ -413,11 +413,10 @@ _PLAIN_REF = re.compile(r"[0-9A-Za-z:_.-]*")  # message keys, outbox ids, "creat
 
 
 def _read_msgid(path: str) -> int | None:
+    text = (read_small(path) or b"").strip()
     try:
-        with open(path, "rb") as file:
-            text = file.read().strip()
         return int(json.loads(text)["ticket"]) if text.startswith(b"{") else int(text)
-    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None  # no entry, or one cut short by a crash: rebuilt by fsck, written again by filing
 
 
