@@ -415,9 +415,10 @@ def test_mail_the_helper_queued_and_the_sender_sent_is_not_queued_again(svc):
 
 
 def test_mail_kept_when_a_power_failure_lost_its_decision_is_not_queued_again(svc):
-    """Without a journal, a power failure may keep the queued mail (one of them even sent) and lose
-    the ticket and the decision written before it. Filed again, the decision is made afresh and the
-    filing thread does not look in the outbox; the helper does, before it writes."""
+    """A power failure before the commit may keep queued mail and lose the ticket and the decision
+    written before it (and a store restored from an older backup may have lost them after the mail
+    was sent). Filed again, the decision is made afresh and the filing thread does not look in the
+    outbox; the helper does, in every state, before it writes."""
     import shutil
 
     from helpdeskd.cycle import file_safely
