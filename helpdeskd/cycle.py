@@ -300,18 +300,23 @@ def own_words(message: Message, claim: dict) -> str:
 
 
 def _message_event(message: Message, file_name: str, claim: dict, words: str) -> dict:
+    """The history entry of a message; ``new_text`` (the sender's new words) only where it is not the
+    whole ``text`` (a ticket's first message is, and its text is then kept once)."""
     sender = message.sender
-    return {
+    text, new_text = message.text[:TEXT_IN_HISTORY], words[:TEXT_IN_HISTORY]
+    event = {
         "type": "message", "ref": message.key, "file": file_name, "direction": "in",
         "from": sender.addr if sender else "", "from_name": sender.name if sender else "",
         "role": claim.get("role", "requester"), "internal": bool(claim.get("internal")),
-        "message_id": message.message_id, "subject": message.subject,
-        "text": message.text[:TEXT_IN_HISTORY], "new_text": words[:TEXT_IN_HISTORY],
+        "message_id": message.message_id, "subject": message.subject, "text": text,
         "html_only": message.html, "errors": list(claim.get("errors", ())),
         "attachments": [{"filename": a.filename, "content_type": a.content_type, "size": a.size,
                          "storage_name": a.storage_name} for a in message.attachments],
         "defects": list(message.defects),
     }
+    if new_text != text:
+        event["new_text"] = new_text
+    return event
 
 
 def _occasion(message: Message, claim: dict, words: str, escalated: str = "") -> Occasion:

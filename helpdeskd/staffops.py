@@ -77,5 +77,5 @@ def _record_text(svc: Services, ticket: Ticket, key: str, action: Act, by: str, 
             event_once(svc, ticket.id, {"type": "message", "ref": f"{key}:{'note' if internal else 'answer'}",
                                         "direction": "out" if not internal else "internal", "role": "staff",
                                         "internal": internal, "from": by or "helpdeskctl", "from_name": by_name,
-                                        "subject": ticket.subject, "text": text, "new_text": text,
+                                        "subject": ticket.subject, "text": text,
                                         "via": "helpdeskctl"})

@@ -95,6 +95,16 @@ def test_reply_to_ack_joins_ticket(svc):
     assert messages[-1]["text"].startswith("Adjunto más datos")
 
 
+def test_the_history_keeps_a_text_once_and_a_replys_new_words_beside_it(svc):
+    file_safely(inbound(mail()), svc)
+    [ack] = outbox_entries(svc)
+    body = "Sigue sin cargar.\n\nEl lunes, Soporte escribió:\n> Hemos recibido su solicitud"
+    file_safely(inbound(reply_to_ack(svc, ack.data, body)), svc)
+    first, reply = [e for e in svc.store.events(1) if e["type"] == "message"]
+    assert "new_text" not in first and first["text"].startswith("Hola")  # all new: kept once
+    assert reply["new_text"] == "Sigue sin cargar." and reply["text"].endswith("> Hemos recibido su solicitud")
+
+
 def test_reply_to_closed_ticket_reopens(svc):
     file_safely(inbound(mail()), svc)
     svc.store.save(svc.store.get(1).with_changes(status="closed"))
