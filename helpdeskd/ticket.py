@@ -37,7 +37,7 @@ class Ticket:
     source: str = ""
     message_ids: tuple[str, ...] = ()  # Message-IDs seen, inbound and ours
     message_keys: tuple[str, ...] = ()  # idempotency keys of the messages filed here
-    mail_count: int = 0  # raw messages stored under mail/
+    mail_count: int = 0  # raw messages stored (NNNN-<key>.eml in the ticket folder)
     collaborators: tuple[str, ...] = ()  # addresses that receive staff answers besides the requester
     assignee: str = ""  # staff address, "" when unassigned
     escalated: str = ""  # the business-impact reason given when escalation was asked for

@@ -87,7 +87,7 @@ def test_fsck_reports_what_it_checked_and_indexed(tmp_path):
     rebuilt = helpdeskd("fsck", "-c", str(config))
     assert rebuilt.returncode == 0
     assert rebuilt.stdout.decode().strip() == "1 tickets checked, 1 Message-IDs and 1 message keys indexed, 0 problems"
-    [eml] = (tmp_path / "state" / "tickets" / "0" / "1" / "mail").iterdir()
+    [eml] = (tmp_path / "state" / "tickets" / "0" / "1").glob("*.eml")
     eml.write_bytes(b"")
     assert helpdeskd("fsck", "-c", str(config), "--check-only").returncode == 0  # not read without asking
     verified = helpdeskd("fsck", "-c", str(config), "--check-only", "--verify-mail")

@@ -34,8 +34,9 @@ def test_new_message_becomes_ticket_and_spanish_ack(svc):
     assert ticket.subject == "Mi sitio no carga" and ticket.status == "new"
     assert ticket.requester.addr == "ana@cliente.es" and ticket.requester.language == "es"
     assert ticket.message_ids == ("m1@cliente.es",)
-    stored = svc.store.ticket_dir(1) / "mail"
-    assert [p.read_bytes() for p in stored.iterdir()] == [raw]  # byte for byte
+    folder = svc.store.ticket_dir(1)
+    assert [p.read_bytes() for p in folder.glob("*.eml")] == [raw]  # byte for byte
+    assert sorted(p.name for p in folder.iterdir() if not p.name.endswith(".eml")) == ["events.jsonl", "ticket.toml"]
     [entry] = outbox_entries(svc)
     assert entry.envelope["to"] == ["ana@cliente.es"] and entry.envelope["from"] == ""
     ack = parse(entry.data)
@@ -103,6 +104,28 @@ def test_the_history_keeps_a_text_once_and_a_replys_new_words_beside_it(svc):
     first, reply = [e for e in svc.store.events(1) if e["type"] == "message"]
     assert "new_text" not in first and first["text"].startswith("Hola")  # all new: kept once
     assert reply["new_text"] == "Sigue sin cargar." and reply["text"].endswith("> Hemos recibido su solicitud")
+
+
+def test_a_ticket_whose_mail_is_in_a_mail_folder_keeps_it_there(svc):
+    """Tickets made before the raw mail went into the ticket's own folder have it under ``mail/``:
+    their next message goes there too, and every reader finds all of it."""
+    from helpdeskd.store.fsck import fsck
+
+    raw = mail()
+    file_safely(inbound(raw), svc)
+    folder = svc.store.ticket_dir(1)
+    [first] = folder.glob("*.eml")
+    (folder / "mail").mkdir()
+    first.rename(folder / "mail" / first.name)  # as an older version left it
+    [ack] = outbox_entries(svc)
+    reply = reply_to_ack(svc, ack.data, "Adjunto más datos.")
+    assert file_safely(inbound(reply), svc).action == "followup"
+    keys = svc.store.get(1).message_keys
+    names = [svc.store.find_mail(1, key) for key in keys]
+    assert sorted(p.name for p in (folder / "mail").iterdir()) == sorted(names) and not list(folder.glob("*.eml"))
+    assert [svc.store.read_mail(1, name) for name in names] == [raw, reply]
+    assert file_safely(inbound(reply), svc).action == "duplicate" and len(list((folder / "mail").iterdir())) == 2
+    assert fsck(svc.config.helpdesk.state_dir, rebuild=False, verify_mail=True).problems == []
 
 
 def test_reply_to_closed_ticket_reopens(svc):
@@ -203,7 +226,7 @@ def test_refiling_restores_what_a_power_failure_lost_behind_saved_metadata(svc, 
     raw = mail()
     first = file_message(inbound(raw), svc)
     folder = svc.store.ticket_dir(first.ticket)
-    [eml] = list((folder / "mail").iterdir())
+    [eml] = list(folder.glob("*.eml"))
     if lost in ("mail", "both"):
         eml.unlink()
     if lost == "cut short":
@@ -218,13 +241,13 @@ def test_refiling_restores_what_a_power_failure_lost_behind_saved_metadata(svc, 
     expected = {"mail": ["raw mail"], "cut short": ["raw mail", "cut short"], "history": ["message restored"],
                 "both": ["raw mail", "message restored"], "whole history": ["'created' restored", "message restored"]}
     assert all(part in again.detail for part in expected[lost]), again.detail
-    assert [(p.name, p.read_bytes()) for p in (folder / "mail").iterdir()] == [(eml.name, raw)]  # as it was
+    assert [(p.name, p.read_bytes()) for p in folder.glob("*.eml")] == [(eml.name, raw)]  # as it was
     messages = [e for e in svc.store.events(first.ticket) if e["type"] == "message"]
-    assert len(messages) == 1 and (folder / "mail" / messages[0]["file"]).read_bytes() == raw
+    assert len(messages) == 1 and (folder / messages[0]["file"]).read_bytes() == raw
     assert svc.store.get(first.ticket).mail_count == 1 and len(outbox_entries(svc)) == 1
     assert [e["type"] for e in svc.store.events(first.ticket)].count("created") == 1
     assert "restored" not in file_message(inbound(raw), svc).detail  # and again: nothing more
-    assert len(list((folder / "mail").iterdir())) == 1
+    assert len(list(folder.glob("*.eml"))) == 1
     assert [e["type"] for e in svc.store.events(first.ticket)].count("message") == 1
 
 
@@ -255,7 +278,7 @@ def test_refiling_keeps_a_stored_mail_that_differs_only_in_line_ends(svc):
     """The same message delivered with other line ends has the same key: what is stored stays."""
     raw = mail().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     first = file_message(inbound(raw), svc)
-    [eml] = list((svc.store.ticket_dir(first.ticket) / "mail").iterdir())
+    [eml] = list(svc.store.ticket_dir(first.ticket).glob("*.eml"))
     assert file_message(inbound(raw.replace(b"\r\n", b"\n")), svc).action == "duplicate"
     assert eml.read_bytes() == raw
 

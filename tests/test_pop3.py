@@ -211,7 +211,7 @@ def test_filed_bytes_are_the_bytes_delivered(dovecot, tmp_path):
     box.put(raw)
     svc = services(tmp_path, box.entry())
     assert poll_pop3(svc.config.mailboxes[0], svc).counts == {"new": 1}
-    [stored] = (svc.store.ticket_dir(1) / "mail").iterdir()
+    [stored] = svc.store.ticket_dir(1).glob("*.eml")
     assert stored.read_bytes() == raw
 
 

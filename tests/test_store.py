@@ -292,7 +292,7 @@ def test_moving_up_keeps_an_entry_written_since_and_drops_leftover_temporary_fil
 
 def test_fsck_reports_missing_mail(svc):
     file_safely(Inbound("t", "1", mail()), svc)
-    for eml in (svc.store.ticket_dir(1) / "mail").iterdir():
+    for eml in svc.store.ticket_dir(1).glob("*.eml"):
         eml.unlink()
     report = fsck(svc.config.helpdesk.state_dir)
     assert len(report.problems) == 1 and "missing" in report.problems[0]
@@ -303,7 +303,7 @@ def test_fsck_reports_what_a_power_failure_can_leave_behind_saved_metadata(svc):
         file_safely(Inbound("t", str(n), mail(message_id=f"<m{n}@cliente.es>", body=f"texto {n}")), svc)
     state = svc.config.helpdesk.state_dir
     assert fsck(state, rebuild=False, verify_mail=True).problems == []
-    [eml] = list((svc.store.ticket_dir(1) / "mail").iterdir())
+    [eml] = list(svc.store.ticket_dir(1).glob("*.eml"))
     eml.write_bytes(eml.read_bytes()[:40])  # cut short
     (svc.store.ticket_dir(2) / "events.jsonl").unlink()  # lost whole
     problems = fsck(state, rebuild=False).problems

@@ -5,7 +5,8 @@ Layout under the state directory::
     seq                                    last ticket id handed out
     tickets/<id // 1000>/<id>/ticket.toml  current metadata, replaced atomically
     tickets/<id // 1000>/<id>/events.jsonl append-only history
-    tickets/<id // 1000>/<id>/mail/<n>-<key>.eml   raw messages, never modified
+    tickets/<id // 1000>/<id>/<n>-<key>.eml        raw messages, never modified (in the folder's
+                                           mail/ for tickets made before it was dropped, and kept there)
     index/keys/<k[:2]>/<k>                message key → decision record (JSON), see helpdeskd.cycle
     index/msgid/<h[:2]>/<h>               sha1(Message-ID) → ticket id (as text, or a hard link to the
                                            claim of the message that has it, which names the ticket)
@@ -205,43 +206,47 @@ class TicketStore:
         atomic_write(f"{folder}/ticket.toml", data, sync=self.sync, new=ticket.id in self._unit.fresh)
 
     def store_mail(self, ticket: Ticket, key: str, raw: bytes, name: str = "") -> str:
-        """Keep raw bytes under ``mail/``; returns the file name. Storing the same key twice is a no-op.
-        ``name``: the name the history gives it (restoring a lost file), else the next number's."""
-        folder = self._ticket_dir(ticket.id)
-        mail = f"{folder}/mail"
+        """Keep raw bytes in the ticket's folder; returns the file name. Storing the same key twice is a
+        no-op. ``name``: the name the history gives it (restoring a lost file), else the next number's."""
         if ticket.id in self._unit.fresh:  # a ticket made in this unit: no folder yet (most likely)
-            ensure_dir(folder, sync=self.sync, missing=True)
-            ensure_dir(mail, sync=self.sync, missing=True)
-        elif os.path.isdir(mail):
-            existing = self.find_mail(ticket.id, key)
+            place = ensure_dir(self._ticket_dir(ticket.id), sync=self.sync, missing=True)
+        else:
+            place = self.mail_dir(ticket.id)
+            try:
+                existing = _named(place, key)
+            except FileNotFoundError:  # no folder: a ticket lost whole, made again (see cycle._create)
+                ensure_dir(place, sync=self.sync, missing=True)
+                existing = None
             if existing is not None:
                 return existing
-        else:
-            ensure_dir(mail, sync=self.sync, missing=True)
         if not (name.endswith(f"-{key}.eml") and "/" not in name):
             name = f"{ticket.mail_count + 1:04d}-{key}.eml"
-        create_exclusive(f"{mail}/{name}", raw, sync=self.sync)
+        create_exclusive(f"{place}/{name}", raw, sync=self.sync)
         return name
+
+    def mail_dir(self, ticket_id: int) -> str:
+        """Where the ticket's raw mail is: its folder, or the folder's ``mail/`` where an older
+        version made one (its mail stays there)."""
+        folder = self._ticket_dir(ticket_id)
+        return f"{folder}/mail" if os.path.isdir(f"{folder}/mail") else folder
 
     def find_mail(self, ticket_id: int, key: str) -> str | None:
         """The name of the raw mail stored for message ``key`` on the ticket, if there is one."""
-        suffix = f"-{key}.eml"
         try:
-            with os.scandir(f"{self._ticket_dir(ticket_id)}/mail") as entries:  # not Path.glob: it compiles
-                return next((entry.name for entry in entries if entry.name.endswith(suffix)), None)  # a pattern
+            return _named(self.mail_dir(ticket_id), key)
         except FileNotFoundError:
             return None
 
     def read_mail(self, ticket_id: int, name: str) -> bytes | None:
         try:
-            with open(f"{self._ticket_dir(ticket_id)}/mail/{name}", "rb") as file:
+            with open(f"{self.mail_dir(ticket_id)}/{name}", "rb") as file:
                 return file.read()
         except FileNotFoundError:
             return None
 
     def replace_mail(self, ticket_id: int, name: str, raw: bytes) -> None:
         """Put ``raw`` back under ``name`` (a stored mail found damaged; see ``cycle._restore``)."""
-        atomic_write(f"{self._ticket_dir(ticket_id)}/mail/{name}", raw, sync=self.sync)
+        atomic_write(f"{self.mail_dir(ticket_id)}/{name}", raw, sync=self.sync)
 
     def iter_ids(self) -> Iterator[int]:
         """Every ticket id that has a folder, in ascending order."""
@@ -410,6 +415,13 @@ class TicketStore:
 
 
 _PLAIN_REF = re.compile(r"[0-9A-Za-z:_.-]*")  # message keys, outbox ids, "created", "unsendable:<id>"
+
+
+def _named(folder: str, key: str) -> str | None:
+    """The raw mail of message ``key`` in ``folder`` (``<n>-<key>.eml``), if there is one."""
+    suffix = f"-{key}.eml"
+    with os.scandir(folder) as entries:  # not Path.glob: it compiles a pattern
+        return next((entry.name for entry in entries if entry.name.endswith(suffix)), None)
 
 
 def _read_msgid(path: str) -> int | None:
