@@ -55,10 +55,9 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("missing", [False, True], ids=["looked up", "said missing"])
 def test_ensure_dir_makes_what_is_missing_and_records_each_new_entry(tmp_path, missing):
-    sync = Syncer(root=tmp_path)
+    sync = Syncer(method="fsync")  # (records the paths to sync)
     deep = tmp_path / "a" / "b" / "c"
     with sync.collect() as touched:
-        sync._state.record = True  # (paths, as with another file system below the root)
         assert ensure_dir(deep, sync=sync, missing=missing) == deep and deep.is_dir()
         ensure_dir(deep, sync=sync, missing=missing)  # there already: nothing to do, no error
     assert {str(tmp_path), str(tmp_path / "a"), str(tmp_path / "a" / "b")} <= touched.dirs
@@ -288,6 +287,30 @@ def test_moving_up_keeps_an_entry_written_since_and_drops_leftover_temporary_fil
     assert store.upgrade_index(everywhere=True) == 1 and not old.exists()
     assert sorted(p.name for p in old.parent.iterdir()) == ["abcd" + "0" * 28, "abcd" + "1" * 28]
     assert store.read_claim(key)["ticket"] == 2 and store.read_claim("abcd" + "1" * 28)["ticket"] == 3
+
+
+def test_an_index_entry_that_cannot_be_read_is_not_taken_for_a_missing_one(svc, monkeypatch):
+    """A claim that exists but cannot be read (a disk error) must stop the filing, never pass for
+    "no claim": that would be a second ticket. The message stays upstream for a later try."""
+    import errno
+
+    from helpdeskd.errors import TransientError
+
+    raw = mail()
+    first = file_safely(Inbound("t", "1", raw), svc)
+    real = os.open
+
+    def failing(path, *args, **kwargs):
+        if "/index/" in os.fspath(path):
+            raise OSError(errno.EIO, "Input/output error", os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", failing)
+    with pytest.raises(TransientError, match="Input/output error"):
+        file_safely(Inbound("t", "2", raw), svc)
+    monkeypatch.undo()
+    assert list(svc.store.iter_ids()) == [first.ticket]
+    assert file_safely(Inbound("t", "2", raw), svc).action == "duplicate"
 
 
 def test_fsck_reports_missing_mail(svc):

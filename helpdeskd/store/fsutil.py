@@ -331,16 +331,20 @@ def read_json(path: StrPath):
 
 
 def read_small(path: StrPath) -> bytes | None:
-    """The bytes in ``path``, or None when it is missing. Looked up first: where most lookups miss
-    (the filing path's index entries), a miss then costs no exception, which is most of what it costs."""
-    path = os.fspath(path)
-    if not exists(path):
-        return None
+    """The bytes in ``path``, or None when it does not exist; any other failure to read it raises
+    (an index entry that cannot be read must not pass for a missing one). Without a file object:
+    where most lookups miss (the filing path's index entries), that is half of what a miss costs."""
     try:
-        with open(path, "rb") as file:
-            return file.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: StrPath, data: bytes, *, sync: Syncer = IMMEDIATE, new: bool = False) -> None:
