@@ -42,25 +42,22 @@ def setup(level: str = "info", *, json: bool | None = None, stream: TextIO | Non
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
-        logger_factory=_Output(stream).logger,
+        logger_factory=_OUTPUT.logger,
         cache_logger_on_first_use=False,
     )
-
-
-_output: "_Output | None" = None  # the one set up last (see deferred)
+    _OUTPUT.stream = stream
 
 
 class _Output:
     """Where rendered lines go: to the stream, one write each — or, inside :func:`deferred` in this
     thread, into a list written in one go when the block ends. A warning or worse is written at
-    once, after the lines held before it."""
+    once, after the lines held before it. One for the process: a reload (a new :func:`setup`) only
+    changes its stream, so lines held across it keep their order."""
 
-    def __init__(self, stream: TextIO) -> None:
-        global _output
-        self.stream = stream
+    def __init__(self) -> None:
+        self.stream: TextIO = sys.stderr
         self.lock = threading.Lock()  # (lines from several threads never interleave)
         self.held = threading.local()
-        _output = self
 
     def logger(self, *_args: Any) -> "_Logger":
         return _Logger(self)
@@ -77,8 +74,11 @@ class _Output:
     def write(self, lines: list[str]) -> None:
         if lines:
             with self.lock:
-                self.stream.write("".join(line + "\n" for line in lines))
-                self.stream.flush()
+                try:
+                    self.stream.write("".join(line + "\n" for line in lines))
+                    self.stream.flush()
+                except (OSError, ValueError):  # the journal gone, a closed stream: a log line that
+                    pass                          # cannot be written must not stop the mail's handling
 
 
 class _Logger:
@@ -91,13 +91,16 @@ class _Logger:
         return lambda line: self._output.emit(level, line)
 
 
+_OUTPUT = _Output()
+
+
 @contextmanager
 def deferred() -> Iterator[None]:
     """Within the block (this thread), info and debug lines are written together when it ends: one
     write for a batch of mail instead of one per message, for us and for the journal reading them.
     They come out a batch later (and a crash mid-block loses them, not the work they tell of)."""
-    output = _output
-    if output is None or getattr(output.held, "lines", None) is not None:  # not set up, or nested
+    output = _OUTPUT
+    if getattr(output.held, "lines", None) is not None:  # nested: the outer block writes them
         yield
         return
     output.held.lines = []

@@ -165,7 +165,29 @@ def test_deferred_lines_come_out_together_at_the_end_and_a_warning_brings_them_o
     logs.setup("info")
 
 
-# -- status ---------------------------------------------------------------------------------------------------
+def test_a_reload_inside_a_deferred_block_keeps_the_lines_in_order_and_a_broken_stream_stops_nothing():
+    first, second = io.StringIO(), io.StringIO()
+    logs.setup("info", json=True, stream=first)
+    log = logs.get("intake")
+    with logs.deferred():
+        log.info("a")
+        logs.setup("info", json=True, stream=second)  # a reload mid-batch
+        log.info("b")
+        log.warning("c")  # brings out what was held before it, on the stream in use now
+    assert first.getvalue() == ""
+    assert [json.loads(line)["event"] for line in second.getvalue().splitlines()] == ["a", "b", "c"]
+
+    class Broken(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    logs.setup("info", json=True, stream=Broken())
+    with logs.deferred():
+        log.info("lost")  # (nowhere to go: dropped, and the work goes on)
+    log.error("lost_too")
+    logs.setup("info")
+
+
 # -- status ---------------------------------------------------------------------------------------------------
 
 
