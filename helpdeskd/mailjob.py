@@ -84,11 +84,15 @@ def compose_job(config: Config, templates: Templates, job: MailJob) -> bytes | U
 
 
 def write_job(config: Config, templates: Templates, outbox: Outbox, job: MailJob) -> Queued | Unsendable:
-    """:func:`compose_job`, then into ``outbox/new`` unless it is queued already (in any state)."""
+    """:func:`compose_job`, then into ``outbox/new`` — unless it is queued already (in any state):
+    then it is not composed again (a template that fails now, or an address no longer writable,
+    must not count against mail that is out)."""
+    if outbox.state_of(job.out_id) is not None:
+        return Queued(False)
     result = compose_job(config, templates, job)
     if isinstance(result, Unsendable):
         return result
-    return Queued(outbox.enqueue(job.out_id, envelope(config, job), result))
+    return Queued(outbox.put_new(job.out_id, envelope(config, job), result))  # (an exclusive create)
 
 
 def envelope(config: Config, job: MailJob) -> dict:

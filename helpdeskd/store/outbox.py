@@ -55,7 +55,8 @@ class Outbox:
 
     def put_new(self, msg_id: str, envelope: dict, data: bytes) -> bool:
         """:meth:`enqueue` for a caller that has just found ``state_of(msg_id)`` None, under the write
-        lock (the filing path: one check per mail, not two); a second copy in ``new/`` is still refused."""
+        lock (the filing path, and the helper composing for it: one check per mail, not two); a
+        second copy in ``new/`` is still refused."""
         head = json.dumps({"id": msg_id, **envelope}, ensure_ascii=False, sort_keys=True).encode()
         return create_exclusive(self.name(msg_id, "new"), head + b"\n" + data, sync=self.sync)
 
