@@ -170,7 +170,7 @@ def _show_message(event: dict, at: str) -> None:
         print(f"   Attachment: {att.get('filename') or '(unnamed)'} ({att.get('content_type')}, {att.get('size')} bytes)")
     for error in event.get("errors", []):
         print(f"   Rejected command: {error}")
-    print(_indent(event.get("new_text") or event.get("text", "")))  # (no new_text: the text is all new)
+    print(_indent(event.get("new_text") or event.get("text", "")))  # (no new words kept apart: all of it)
 
 
 def _show_sent(event: dict, at: str, outbox: Outbox) -> None:

@@ -106,6 +106,17 @@ def test_the_history_keeps_a_text_once_and_a_replys_new_words_beside_it(svc):
     assert reply["new_text"] == "Sigue sin cargar." and reply["text"].endswith("> Hemos recibido su solicitud")
 
 
+def test_a_new_tickets_claim_records_the_action_as_asdict_would():
+    from dataclasses import asdict
+
+    from helpdeskd.actions import NewTicket
+    from helpdeskd.ticket import Requester
+
+    action = NewTicket("Asunto", Requester("ana@cliente.es", "Ana", "es"), "general", "normal", "web",
+                       ("luis@cliente.es",), (7,), "customer", "cliente.es", "rev1")
+    assert cycle._plain(action) == asdict(action)
+
+
 def test_a_ticket_whose_mail_is_in_a_mail_folder_keeps_it_there(svc):
     """Tickets made before the raw mail went into the ticket's own folder have it under ``mail/``:
     their next message goes there too, and every reader finds all of it."""
