@@ -317,7 +317,7 @@ def _customer(message: Message, match: Match, commands: Commands, lang: str, con
         sends.insert(0, Send("reopened", SENDER))
     if not any(s.to == SENDER for s in sends) and hd.acknowledge_followups:
         sends.append(Send("ack_followup", SENDER))
-    if hd.notify_staff:
+    if hd.notify_staff and not (closing and ticket.status == Status.CLOSED):  # closed again: nothing new
         sends.append(Send("staff_followup", STAFF, "notification"))
     return Decision(FollowUp(ticket.id, role, reopen, tuple(changes)), tuple(sends), lang)
 
@@ -393,8 +393,8 @@ def _staff(ticket: Ticket, commands: Commands, lang: str, config: Config) -> Dec
     if relay and ticket.status in (Status.NEW, Status.REOPENED) and not any(c.field == "status" for c in changes):
         changes.append(Change("status", "open"))  # answered
     sends = [Send("staff_answer", PARTICIPANTS, "relay")] if relay else []
-    if any(c == Change("status", "closed") for c in changes):
-        sends.append(Send("closed", PARTICIPANTS, "notification"))
+    if ticket.status != Status.CLOSED and any(c == Change("status", "closed") for c in changes):
+        sends.append(Send("closed", PARTICIPANTS, "notification"))  # (not again to a closed ticket's)
     action = FollowUp(ticket.id, "staff", changes=tuple(changes), relay=relay, internal=not relay)
     return Decision(action, tuple(sends), lang)
 

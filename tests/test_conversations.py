@@ -112,6 +112,23 @@ def test_requester_closes_by_first_line(svc, word):
     assert mails(svc, to="ana@cliente.es", template="closed")
 
 
+def test_closing_a_closed_ticket_again_confirms_it_and_bothers_nobody_else(svc):
+    tid, ack = open_ticket(svc, extra="Cc: luis@cliente.es")
+    send(svc, answer_to(ack, "#cerrar", "ana@cliente.es"))
+    assert svc.store.get(tid).status == "closed"
+    before = len(mails(svc))
+    outcome = send(svc, answer_to(ack, "#cerrar\nGracias otra vez.", "ana@cliente.es"))
+    assert (outcome.action, outcome.ticket, svc.store.get(tid).status) == ("followup", tid, "closed")
+    assert sorted((e.envelope["template"], e.envelope["to"][0]) for e in mails(svc)
+                  if e.envelope["template"] != "ack_new") == [
+        ("closed", "ana@cliente.es"), ("closed", "ana@cliente.es"),  # a confirmation for each #cerrar
+        ("staff_followup", STAFF), ("staff_new", STAFF)]  # staff heard of the first close only
+    assert len(mails(svc)) == before + 1
+    # staff closing it once more: the customers are not told again either
+    send(svc, answer_to(staff_notice(svc, tid), "#estado cerrado\n#nota ya estaba", STAFF))
+    assert len(mails(svc)) == before + 1 and not mails(svc, to="luis@cliente.es", template="closed")
+
+
 @pytest.mark.parametrize("subject", ["Re: [Soporte #{id}] #cerrar", "Re: [Soporte #{id}] #close please"])
 def test_requester_closes_by_subject(svc, subject):
     tid, ack = open_ticket(svc)
