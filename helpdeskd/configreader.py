@@ -28,12 +28,13 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
 # A sane subset of RFC 5322 dot-atoms: no quoted local parts, no IP literals, no comments.
 _LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
-_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?")
-_INTERVAL = re.compile(r"(\d+(?:\.\d+)?)([smh])")
-_SECONDS_PER = {"s": 1, "m": 60, "h": 3600}
+# Every setting that is a time takes the same words: days, hours, minutes, seconds, each at most
+# once and in that order ("2d", "1h30m", "90s", "1.5h").
+_SPAN = re.compile(r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+_SPAN_UNITS = (86400, 3600, 60, 1)
 
-DURATION_HINT = 'expected a duration like "4h", "30m", "2d" or minutes as an integer'
-INTERVAL_HINT = 'expected seconds as a positive number or a duration like "30s", "5m"'
+DURATION_HINT = 'expected minutes as an integer, or a duration like "30m", "4h", "1h30m", "2d"'
+INTERVAL_HINT = 'expected seconds as a positive number, or a duration like "30s", "5m", "1h30m", "2d"'
 
 REQUIRED: Any = object()  # sentinel default: the key must be present
 
@@ -275,11 +276,12 @@ def valid_domain(domain: str) -> bool:
 
 
 def minutes(r: Reader, key: str) -> int | None:
-    """Integer minutes, or "30m" / "4h" / "2d" (combinable, "1d12h"); must be more than zero."""
+    """Integer minutes, or a duration of whole minutes ("30m", "4h", "1d12h"); more than zero."""
     value = r.get(key, ANY)
     if value is None:
         return None
-    minutes = value if _is_int(value) else _parse_duration(value)
+    span = _span(value) if isinstance(value, str) else None
+    minutes = value if _is_int(value) else (int(span // 60) if span is not None and span % 60 == 0 else None)
     if minutes is None:
         return r.refuse(key, DURATION_HINT)
     if minutes <= 0:
@@ -287,30 +289,25 @@ def minutes(r: Reader, key: str) -> int | None:
     return minutes
 
 
-def _parse_duration(value: Any) -> int | None:
-    match = _DURATION.fullmatch(value.replace(" ", "").lower()) if isinstance(value, str) else None
+def seconds(r: Reader, key: str, default: float) -> float | None:
+    """Seconds: a positive number, or a duration ("30s", "5m", "1h30m", "2d")."""
+    value = r.get(key, ANY, default)
+    if isinstance(value, str):
+        value = _span(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        return r.refuse(key, INTERVAL_HINT)
+    return float(value)
+
+
+interval = seconds  # (poll intervals and timeouts: the same words)
+
+
+def _span(text: str) -> float | None:
+    """The seconds ``text`` says in the duration words (spaces and case ignored), or None."""
+    match = _SPAN.fullmatch(text.replace(" ", "").lower())
     if not match or not any(match.groups()):
         return None
-    days, hours, minutes = (int(g or 0) for g in match.groups())
-    return (days * 24 + hours) * 60 + minutes
-
-
-def interval(r: Reader, key: str, default: float) -> float | None:
-    """Seconds between polls: a positive number, or "30s" / "5m" / "1h"."""
-    value = r.get(key, ANY, default)
-    seconds = _parse_interval(value)
-    if seconds is None:
-        return r.refuse(key, INTERVAL_HINT)
-    return seconds
-
-
-def _parse_interval(value: Any) -> float | None:
-    if isinstance(value, str):
-        match = _INTERVAL.fullmatch(value.strip().lower())
-        value = float(match[1]) * _SECONDS_PER[match[2]] if match else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
-        return None
-    return float(value)
+    return sum(float(amount) * unit for amount, unit in zip(match.groups(), _SPAN_UNITS) if amount)
 
 
 def path(r: Reader, key: str, base_dir: Path, default: Any = REQUIRED) -> Path | None:
@@ -326,10 +323,3 @@ def port(r: Reader, default: int) -> int | None:
     return value
 
 
-def seconds(r: Reader, key: str, default: float) -> float | None:
-    """Like :func:`interval`, also accepting whole days ("2d")."""
-    value = r.get(key, ANY, default)
-    if isinstance(value, str) and re.fullmatch(r"\d+d", value.strip().lower()):
-        return float(value.strip()[:-1]) * 86400
-    seconds = _parse_interval(value)
-    return seconds if seconds is not None else r.refuse(key, INTERVAL_HINT + ' or days ("2d")')

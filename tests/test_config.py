@@ -71,8 +71,8 @@ def build(patches: dict[str, Any] | None = None, base_dir: Path = Path("/srv/hel
     return build_config(patched(patches or {}), base_dir)
 
 
-DURATION = 'expected a duration like "4h", "30m", "2d" or minutes as an integer'
-INTERVAL = 'expected seconds as a positive number or a duration like "30s", "5m"'
+DURATION = 'expected minutes as an integer, or a duration like "30m", "4h", "1h30m", "2d"'
+INTERVAL = 'expected seconds as a positive number, or a duration like "30s", "5m", "1h30m", "2d"'
 BAD_ADDRESS = "is not a valid email address (write it bare, like support@example.com)"
 
 # (patches, the exact problem expected among those reported)
@@ -167,6 +167,8 @@ RULES: list[tuple[dict[str, Any], str]] = [
     ({"priorities[1].response_target": "h"}, f"priorities[1].response_target: {DURATION}"),
     ({"priorities[1].response_target": 2.5}, f"priorities[1].response_target: {DURATION}"),
     ({"priorities[1].response_target": True}, f"priorities[1].response_target: {DURATION}"),
+    ({"priorities[1].response_target": "90s"}, f"priorities[1].response_target: {DURATION}"),  # not whole minutes
+    ({"priorities[1].response_target": "30m1h"}, f"priorities[1].response_target: {DURATION}"),  # out of order
     ({"priorities[1].response_target": 0}, "priorities[1].response_target: must be more than zero"),
     ({"priorities[1].response_target": "0m"}, "priorities[1].response_target: must be more than zero"),
     ({"priorities[1].response_target": DELETE}, "priorities[1].response_target: missing"),
@@ -175,6 +177,8 @@ RULES: list[tuple[dict[str, Any], str]] = [
     ({"mailboxes[0].interval": True}, f"mailboxes[0].interval: {INTERVAL}"),
     ({"mailboxes[0].interval": "5 minutes"}, f"mailboxes[0].interval: {INTERVAL}"),
     ({"mailboxes[0].interval": float("nan")}, f"mailboxes[0].interval: {INTERVAL}"),
+    ({"mailboxes[0].interval": "1h1h"}, f"mailboxes[0].interval: {INTERVAL}"),
+    ({"mailboxes[0].interval": "0s"}, f"mailboxes[0].interval: {INTERVAL}"),
     # mailboxes
     ({"mailboxes[0].protocol": "imap"},
      'mailboxes[0].protocol: "imap" is not supported in this version (supported: maildir, pop3, pop3s)'),
@@ -287,6 +291,7 @@ def test_explicit_values_override_defaults() -> None:
 
 @pytest.mark.parametrize(("value", "minutes"), [
     ("30m", 30), ("4h", 240), ("2d", 2880), ("1d12h", 2160), ("1h 30m", 90), ("4H", 240), (45, 45),
+    ("120s", 2), ("1.5h", 90),
 ])
 def test_response_target_durations(value: Any, minutes: int) -> None:
     config = build({"priorities[0].response_target": value})
@@ -294,7 +299,8 @@ def test_response_target_durations(value: Any, minutes: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "seconds"), [(5, 5.0), (0.5, 0.5), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0)])
+    ("value", "seconds"), [(5, 5.0), (0.5, 0.5), ("30s", 30.0), ("5m", 300.0), ("1h", 3600.0),
+                           ("1m30s", 90.0), ("2d", 172800.0), ("1.5m", 90.0), ("1H 2M", 3720.0)])
 def test_mailbox_intervals(value: Any, seconds: float) -> None:
     assert build({"mailboxes[0].interval": value}).mailboxes[0].interval_seconds == seconds
 
