@@ -18,11 +18,11 @@ from helpdeskd.configreader import (
     Declared,
     Reader,
     choice,
-    interval,
     key,
     path,
     port,
     reference,
+    seconds,
 )
 from helpdeskd.passwords import SOURCES
 from helpdeskd.settings import Mailbox, Pop3
@@ -41,7 +41,7 @@ def mailbox(r: Reader, declared: Declared, base_dir: Path) -> Mailbox:
         name=name,
         protocol=protocol,
         path=path(r, "path", base_dir, path_default),
-        interval_seconds=interval(r, "interval", 10.0),
+        interval_seconds=seconds(r, "interval", 10.0),
         queue=reference(r, "queue", declared.queues, "queue", required=False),
         priority=reference(r, "priority", declared.priorities, "priority", required=False),
         category=reference(r, "category", declared.categories, "category", required=False),
@@ -62,8 +62,8 @@ def _pop3(r: Reader, protocol: str, base_dir: Path) -> Pop3 | None:
         **_password_source(r, base_dir),
         **tls,
         "source_address": r.text("source_address", None),
-        "connect_timeout": interval(r, "connect_timeout", 30.0),
-        "read_timeout": interval(r, "read_timeout", 60.0),
+        "connect_timeout": seconds(r, "connect_timeout", 30.0),
+        "read_timeout": seconds(r, "read_timeout", 60.0),
         **_pop3_session(r),
     }
     return None if any(v is None for k, v in values.items() if k in ("host", "port", "user")) else Pop3(**values)
@@ -103,8 +103,8 @@ def _pop3_session(r: Reader) -> dict[str, Any]:
         "oversized": choice(r, "oversized", OVERSIZED, "an oversized-mail action", default="ticket"),
         "delete_oversized": r.get("delete_oversized", BOOLEAN, False),
         "max_messages_per_session": r.get("max_messages_per_session", POSITIVE_INT, 5000),
-        "max_session_seconds": interval(r, "max_session_time", 300.0),
+        "max_session_seconds": seconds(r, "max_session_time", 300.0),
         "batch": r.get("batch", POSITIVE_INT, 128),
-        "backoff_max_seconds": interval(r, "backoff_max", 900.0),
+        "backoff_max_seconds": seconds(r, "backoff_max", 900.0),
     }
     return {k: v for k, v in values.items() if v is not None or k == "max_message_bytes"}

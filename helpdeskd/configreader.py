@@ -299,8 +299,6 @@ def seconds(r: Reader, key: str, default: float) -> float | None:
     return float(value)
 
 
-interval = seconds  # (poll intervals and timeouts: the same words)
-
 
 def _span(text: str) -> float | None:
     """The seconds ``text`` says in the duration words (spaces and case ignored), or None."""
