@@ -299,7 +299,6 @@ def seconds(r: Reader, key: str, default: float) -> float | None:
     return float(value)
 
 
-
 def _span(text: str) -> float | None:
     """The seconds ``text`` says in the duration words (spaces and case ignored), or None."""
     match = _SPAN.fullmatch(text.replace(" ", "").lower())
