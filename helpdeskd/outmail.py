@@ -27,19 +27,27 @@ looks like an encoded word is encoded instead of being misread. What is done and
   References: no client could match them, and a long one would break the line limit. A line that
   still does not fit in 998 octets (only an absurdly long address can make one) is refused with
   ``ValueError``, like an unusable address.
-- **Bodies.** text/plain (and text/html) in UTF-8, quoted-printable by ``binascii.b2a_qp`` (C).
-  The text is first normalised to CRLF and one CRLF is appended: b2a_qp writes every line end, soft
+- **Bodies.** text/plain (and text/html) in UTF-8, line ends as CRLF. A body is written as it is
+  (``7bit`` when ASCII, else ``8bit``, sent with ``BODY=8BITMIME``) where that is safe: every line
+  within 998 octets, no NUL, no line starting with ``From `` (mbox delivery would rewrite it to
+  ``>From ``) or with ``--=_`` (the start of our boundaries). A single part written as it is ends
+  with a line break (one is added to a text without; SMTP would add it anyway). Otherwise, and for
+  a server without 8BITMIME (:func:`seven_bit`, at sending), it is quoted-printable, by
+  ``binascii.b2a_qp`` (C), which costs several times more on accented text.
+  For quoted-printable, the text is first normalised to CRLF and one CRLF is appended: b2a_qp writes every line end, soft
   ones included, in the style of the first line end it finds (LF when there is none, so a one-line
   body would get ``=\\n`` soft breaks), and leaves a bare CR as it is. It encodes ``=``, control
   and 8-bit bytes, trailing spaces and tabs, and a lone ``.`` line; but a trailing space turned into
   ``=20`` can make a 77-character line, a soft break can leave a lone ``.`` on a line, and ``From ``
   at the start of a line stays as it is (mbox delivery would rewrite it to ``>From ``). So a cheap
   check follows, and the rare lines concerned are mended: ``=46rom``, ``=2E``, one more soft break.
-  Decoded, each part is exactly the text given, line ends as CRLF; a single-part mail whose text
-  does not end with a line break ends with a soft break, so that the bytes still end in CRLF.
+  Decoded, each quoted-printable part is exactly the text given, line ends as CRLF; a single-part
+  mail whose text does not end with a line break ends with a soft break, so that the bytes still end
+  in CRLF.
 - **Multipart.** With HTML, multipart/alternative (text first, then HTML). The boundary starts with
   ``=_``, which quoted-printable output can never contain (``=`` is only ever followed by two hex
-  digits or a line end), so no part can contain it and there is nothing to check or retry. Its rest
+  digits or a line end), and a body written as it is has no line starting with ``--=_``, so no part
+  can contain it and there is nothing to retry. Its rest
   is derived from the Message-ID rather than random: unique per mail, and ``compose`` stays pure.
 """
 
@@ -126,23 +134,69 @@ def compose(
     head.append("X-Auto-Response-Suppress: All")
     head.append(f"{LOOP_HEADER_NAME}: {from_addr}")  # can_write_to accepted it for From
     head.append("MIME-Version: 1.0")
-    text = _qp(rendered.text)
     if rendered.html is None:
-        head.append(_TEXT_PART)
-        return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + _ending_in_crlf(text)
+        encoding, body = _body(rendered.text, single=True)
+        head.append(_part_head("plain", encoding))
+        return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
     boundary = "=_hd" + hashlib.sha256(message_id.encode("ascii")).hexdigest()[:32]
     head.append(_fold("Content-Type", ["multipart/alternative;", f'boundary="{boundary}"']))
     delimiter = f"\r\n--{boundary}\r\n".encode("ascii")
+    parts = [(subtype, *_body(text, single=False)) for subtype, text in (("plain", rendered.text),
+                                                                         ("html", rendered.html))]
     return b"".join((
         ("\r\n".join(head) + "\r\n").encode("ascii"),  # the delimiter's CRLF ends the header block
-        delimiter, _TEXT_PART.encode("ascii"), b"\r\n\r\n", text,
-        delimiter, _HTML_PART.encode("ascii"), b"\r\n\r\n", _qp(rendered.html),
+        *(piece for subtype, encoding, body in parts
+          for piece in (delimiter, _part_head(subtype, encoding).encode("ascii"), b"\r\n\r\n", body)),
         f"\r\n--{boundary}--\r\n".encode("ascii"),
     ))
 
 
-_TEXT_PART = "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable"
-_HTML_PART = "Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable"
+def _part_head(subtype: str, encoding: str) -> str:
+    return f"Content-Type: text/{subtype}; charset=utf-8\r\nContent-Transfer-Encoding: {encoding}"
+
+
+def _body(text: str, *, single: bool) -> tuple[str, bytes]:
+    """A part's transfer encoding and body (see the module docstring). ``single``: the body ends the
+    message (it must then end with a line break, written or soft)."""
+    if "\r" in text:  # CRLF, then bare CR, as LF; then every LF as CRLF (see the module docstring)
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    data = text.replace("\n", "\r\n").encode("utf-8")
+    if (b"\x00" not in data and not data.startswith((b"From ", b"--=_")) and b"\nFrom " not in data
+            and b"\n--=_" not in data and max(map(len, data.split(b"\r\n"))) <= _MAX_LINE):
+        if single and data and not data.endswith(b"\r\n"):
+            data += b"\r\n"
+        return ("7bit" if data.isascii() else "8bit"), data
+    body = _qp(text)
+    return "quoted-printable", _ending_in_crlf(body) if single else body
+
+
+def seven_bit(data: bytes) -> bytes:
+    """A message :func:`compose` made, for a server without 8BITMIME: each ``8bit`` part made
+    quoted-printable (as :func:`compose` would have made it), the rest left as it is. Anything else
+    is returned as it is."""
+    if data.isascii():
+        return data
+    head, _, body = data.partition(b"\r\n\r\n")
+    found = _BOUNDARY.search(head)
+    if found is None:
+        return _seven_bit_part(head, body, single=True)
+    delimiter, close = b"\r\n--" + found[1] + b"\r\n", b"\r\n--" + found[1] + b"--\r\n"
+    inner, _, epilogue = (b"\r\n" + body).partition(close)  # (the CRLF the first delimiter begins with)
+    first, *parts = inner.split(delimiter)
+    parts = [_seven_bit_part(*part.partition(b"\r\n\r\n")[::2], single=False) for part in parts]
+    return head + b"\r\n" + first + b"".join(delimiter + part for part in parts) + close + epilogue
+
+
+_BOUNDARY = re.compile(rb'\r\nContent-Type: multipart/alternative;\r?\n? boundary="([^"]+)"')
+_EIGHT_BIT = b"\r\nContent-Transfer-Encoding: 8bit"
+
+
+def _seven_bit_part(head: bytes, body: bytes, *, single: bool) -> bytes:
+    if not head.endswith(_EIGHT_BIT):
+        return head + b"\r\n\r\n" + body
+    encoded = _qp(body.decode("utf-8"))  # (the same text: as it is, a single part ends with a line break)
+    return (head[:-len(_EIGHT_BIT)] + b"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+            + (_ending_in_crlf(encoded) if single else encoded))
 
 
 # -- headers ------------------------------------------------------------------------------------------

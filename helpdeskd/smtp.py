@@ -21,6 +21,7 @@ import ssl
 from collections.abc import Mapping
 
 from .errors import ConfigError, PermanentError, TransientError
+from .outmail import seven_bit
 from .passwords import read_password
 from .settings import Smtp
 from .tls import verified_context
@@ -66,6 +67,8 @@ class SmtpSession:
         ``data`` must already have CRLF line endings (smtplib sends bytes as they are).
         """
         client = self._client or self._open()
+        if not data.isascii() and not client.has_extn("8bitmime"):
+            data = seven_bit(data)  # (our 8-bit bodies; what is not ours, or not a body, stays as it is)
         try:
             client.sendmail(sender, recipients, data, mail_options=_mail_options(client, recipients, data))
         except smtplib.SMTPRecipientsRefused as exc:
@@ -115,6 +118,7 @@ class SmtpSession:
                 self._starttls(client)
             if s.user:
                 client.login(s.user, self.password or "")
+            client.ehlo_or_helo_if_needed()  # (done already with TLS or a login): the extensions are known
         except BaseException:
             client.close()  # never leak a half-open socket; the caller translates the error
             raise

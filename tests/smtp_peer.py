@@ -69,6 +69,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    mail_options: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -97,7 +98,7 @@ class Handler:
             answer = self.script.pop(0) if self.script else "250 OK"
             if answer.startswith("250"):
                 item = Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content
-                                or envelope.content)
+                                or envelope.content, list(envelope.mail_options))
                 self.received.append(item)
         if answer.startswith("250") and self.on_message is not None:
             self.on_message(item)

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from helpdeskd.outmail import LOOP_HEADER_NAME, Rendered, compose, one_line
+from helpdeskd.outmail import LOOP_HEADER_NAME, Rendered, compose, one_line, seven_bit
 from helpdeskd.parse import parse as parse_inbound
 from outmail_compat32 import compose as old_compose
 
@@ -116,21 +116,59 @@ def lines_of(data: bytes) -> list[bytes]:
     return data[:-2].split(b"\r\n")
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_mail_is_7bit_crlf_within_line_limits(name):
-    data = build(CASES[name])
-    assert data.isascii()
+def sent_text(rendered: Rendered, data: bytes) -> str:
+    """The text a reader of ``data`` sees: the text given, line ends as CRLF — and a single part
+    written as it is ends with a line break (SMTP would add one)."""
+    text = crlf(rendered.text)
+    if rendered.html is None and text and not text.endswith("\r\n") and b"quoted-printable" not in data:
+        text += "\r\n"
+    return text
+
+
+def check_parts(data: bytes) -> None:
+    """CRLF lines within their limits; each leaf part 7bit, 8bit or quoted-printable, each safe as
+    it is for SMTP and mbox (RFC 2045 6.7 for the quoted ones)."""
     assert re.search(rb"\r(?!\n)|(?<!\r)\n", data) is None, "a bare CR or LF"
-    assert max(map(len, lines_of(data))) <= 78  # no word in these cases is longer
-    msg = parse(data)
     head, _, body = data.partition(b"\r\n\r\n")
+    assert head.isascii() and max(map(len, lines_of(head + b"\r\n"))) <= 78  # no word in these cases is longer
+    msg = parse(data)
     assert msg.defects == [] and all(part.defects == [] for part in msg.walk())
     for part in msg.walk():
-        if not part.is_multipart():
-            assert part["content-transfer-encoding"] == "quoted-printable"
-            assert part.get_content_charset() == "utf-8"
-    for line in lines_of(body):  # RFC 2045 6.7, and safe for SMTP and mbox as they are
-        assert len(line) <= 76 and line != b"." and not line.startswith(b"From ")
+        if part.is_multipart():
+            continue
+        assert part.get_content_charset() == "utf-8"
+        payload = part.get_payload(decode=False).encode("utf-8", "surrogateescape")
+        lines = payload.split(b"\r\n") if b"\r\n" in payload else payload.splitlines()
+        if part["content-transfer-encoding"] == "quoted-printable":
+            assert payload.isascii()
+            assert all(len(line) <= 76 and line != b"." and not line.startswith(b"From ") for line in lines)
+        else:
+            assert part["content-transfer-encoding"] == ("7bit" if payload.isascii() else "8bit")
+            assert all(len(line) <= 998 and not line.startswith((b"From ", b"--=_")) for line in lines)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_mail_is_crlf_within_line_limits_in_both_forms(name):
+    data = build(CASES[name])
+    check_parts(data)
+    seven = seven_bit(data)  # for a server without 8BITMIME
+    check_parts(seven)
+    assert seven.isascii() and b"Content-Transfer-Encoding: 8bit" not in seven
+    assert (seven == data) == data.isascii()
+
+
+def test_a_body_is_written_as_it_is_where_it_safely_can_be():
+    def encodings(text: str, html: str | None = None) -> list[str]:
+        msg = parse(build({"rendered": Rendered("s", text, html)}))
+        return [p["content-transfer-encoding"] for p in msg.walk() if not p.is_multipart()]
+
+    assert encodings("Hello Ana,\nthanks.\n") == ["7bit"]
+    assert encodings("Hola José,\ngracias.\n", "<p>José</p>") == ["8bit", "8bit"]
+    assert encodings("Hola\n" + "é" * 500 + "\n") == ["quoted-printable"]  # a line over 998 octets
+    assert encodings("Hola\nFrom here\n") == ["quoted-printable"]  # mbox would rewrite it
+    assert encodings("x", "a\n--=_hd at the start of a line") == ["7bit", "quoted-printable"]  # like a boundary
+    assert encodings("nul \x00 here") == ["quoted-printable"]
+    assert encodings(".\n..\n") == ["7bit"]  # (SMTP doubles a leading dot on the way)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -157,13 +195,18 @@ def test_every_header_and_body_decodes_to_what_was_given(name):
         assert seen["auto-submitted"] == automatic and seen["precedence"] == "bulk"
     assert seen["x-auto-response-suppress"] == "All"
     assert seen[LOOP_HEADER_NAME.lower()] == case["from_addr"]
-    assert seen["text"] == crlf(rendered.text)
+    data = build(CASES[name])
+    assert seen["text"] == sent_text(rendered, data)
     assert seen["html"] == (None if rendered.html is None else crlf(rendered.html))
+    assert decoded(seven_bit(data)) == seen  # the same, made quoted-printable for a server without 8BITMIME
 
 
 @pytest.mark.parametrize("name", CASES)
 def test_decodes_like_the_former_compat32_mail(name):
-    assert decoded(build(CASES[name])) == decoded(build(CASES[name], old_compose))
+    ours, former = decoded(build(CASES[name])), decoded(build(CASES[name], old_compose))
+    if ours["text"] == former["text"] + "\r\n":  # a single part written as it is ends with a line break
+        ours["text"] = former["text"]
+    assert ours == former
 
 
 @pytest.mark.parametrize("name", [n for n in CASES if n != "control and odd characters"])  # parse drops those
@@ -201,21 +244,19 @@ def test_the_same_values_give_the_same_bytes():
 def test_random_bodies_round_trip():
     rng = random.Random(20261122)
     alphabet = ["a", " ", "\t", ".", "=", "_", "?", "é", "😀", "F", "From ", "\n", "\r\n", "\r", "\x0c", "\x00",
-                "x" * 67, "x" * 70, "x" * 73, "x" * 74]
+                "x" * 67, "x" * 70, "x" * 73, "x" * 74, "--=_", "é" * 300]
     for _ in range(1000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
         html = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
         for rendered in (Rendered("s", text, None), Rendered("s", text, html)):
             data = build({"rendered": rendered})
-            assert data.isascii() and re.search(rb"\r(?!\n)|(?<!\r)\n", data) is None
-            body = data.partition(b"\r\n\r\n")[2]
-            for line in lines_of(body):
-                assert len(line) <= 76 and line != b"." and not line.startswith(b"From "), (text, line)
-            msg = parse(data)
-            assert msg.defects == [] and all(part.defects == [] for part in msg.walk())
-            assert msg.get_body(("plain",)).get_content() == crlf(text), text
-            if rendered.html is not None:
-                assert msg.get_body(("html",)).get_content() == crlf(html), html
+            for form in (data, seven_bit(data)):
+                check_parts(form)
+                msg = parse(form)
+                assert msg.get_body(("plain",)).get_content() == sent_text(rendered, data), text
+                if rendered.html is not None:
+                    assert msg.get_body(("html",)).get_content() == crlf(html), html
+            assert seven_bit(data).isascii()
 
 
 # -- what the former mail got wrong --------------------------------------------------------------------

@@ -318,11 +318,12 @@ def test_nothing_is_sent_before_it_is_on_disk(svc, monkeypatch):
 
 
 def test_an_address_smtplib_cannot_write_is_a_permanent_failure_of_that_message():
+    """Without SMTPUTF8 at the server, a non-ASCII address cannot be sent (with it, see below)."""
     from helpdeskd.errors import PermanentError
     from helpdeskd.smtp import SmtpSession
 
     handler = Handler()
-    controller = start(handler)
+    controller = start(handler, enable_SMTPUTF8=False)
     try:
         session = SmtpSession(smtp_settings(controller.port), None)
         with pytest.raises(PermanentError, match="cannot be sent as is"):
@@ -332,3 +333,35 @@ def test_an_address_smtplib_cannot_write_is_a_permanent_failure_of_that_message(
     finally:
         controller.stop()
     assert [m.rcpt_tos for m in handler.received] == [["ana@cliente.example"]]
+
+
+@pytest.mark.parametrize("eight_bit", [True, False], ids=["8BITMIME", "without 8BITMIME"])
+def test_accented_mail_goes_as_it_is_where_8bitmime_is_offered_and_quoted_where_not(svc, eight_bit):
+    handler = Handler()
+    controller = start(handler, decode_data=not eight_bit)  # (aiosmtpd offers 8BITMIME unless it decodes)
+    try:
+        queue(svc)  # a Spanish acknowledgment
+        [entry] = svc.outbox.entries()
+        assert b"\r\nContent-Transfer-Encoding: 8bit\r\n" in entry.data and not entry.data.isascii()
+        assert Sender(svc.outbox, smtp_settings(controller.port)).run_once().sent == 1
+    finally:
+        controller.stop()
+    [got] = handler.received
+    assert got.data.isascii() is not eight_bit and ("BODY=8BITMIME" in got.mail_options) is eight_bit
+    assert (b"Content-Transfer-Encoding: quoted-printable" in got.data) is not eight_bit
+    sent, queued = parse(got.data), parse(entry.data)
+    assert sent.text == queued.text and "el número 1" in sent.text and sent.subject == queued.subject
+
+
+def test_a_non_ascii_address_goes_with_smtputf8_where_the_server_offers_it():
+    from helpdeskd.smtp import SmtpSession
+
+    handler = Handler()
+    controller = start(handler)  # (aiosmtpd offers SMTPUTF8)
+    try:
+        session = SmtpSession(smtp_settings(controller.port), None)
+        session.send("", ["josé@cliente.example"], b"Subject: x\r\n\r\nhola\r\n")
+        session.close()
+    finally:
+        controller.stop()
+    assert [m.rcpt_tos for m in handler.received] == [["josé@cliente.example"]]

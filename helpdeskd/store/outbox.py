@@ -2,7 +2,8 @@
 
 ``outbox/new/<id>.msg`` is queued, ``outbox/cur/<id>.msg`` was accepted by the next hop,
 ``outbox/failed/<id>.msg`` gave up (with ``<id>.reason``). A file's first line is the JSON
-envelope (sender, recipients, ticket, template); the rest is the message exactly as it will be sent.
+envelope (sender, recipients, ticket, template); the rest is the message exactly as it will be sent
+(to a server without 8BITMIME, with its 8-bit bodies made quoted-printable: see ``outmail.seven_bit``).
 Ids are derived from what caused the mail, so queueing the same mail twice is a no-op.
 
 A message that met a temporary failure keeps ``outbox/new/<id>.retry`` beside it (JSON: attempts,
