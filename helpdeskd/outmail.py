@@ -192,9 +192,13 @@ _EIGHT_BIT = b"\r\nContent-Transfer-Encoding: 8bit"
 
 
 def _seven_bit_part(head: bytes, body: bytes, *, single: bool) -> bytes:
-    if not head.endswith(_EIGHT_BIT):
+    try:
+        text = body.decode("utf-8") if head.endswith(_EIGHT_BIT) else None
+    except UnicodeDecodeError:  # not what compose makes: left for the server to judge
+        text = None
+    if text is None:
         return head + b"\r\n\r\n" + body
-    encoded = _qp(body.decode("utf-8"))  # (the same text: as it is, a single part ends with a line break)
+    encoded = _qp(text)  # (the same text: as it is, a single part ends with a line break)
     return (head[:-len(_EIGHT_BIT)] + b"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
             + (_ending_in_crlf(encoded) if single else encoded))
 

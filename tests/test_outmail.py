@@ -157,6 +157,12 @@ def test_mail_is_crlf_within_line_limits_in_both_forms(name):
     assert (seven == data) == data.isascii()
 
 
+def test_seven_bit_leaves_what_it_did_not_make_as_it_is():
+    for data in (b"Subject: x\r\n\r\nplain\r\n", b"Subject: x\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\xff\xfe\r\n",
+                 b"Subject: x\r\n\r\n\xc3\xa9 without a transfer encoding\r\n"):
+        assert seven_bit(data) == data
+
+
 def test_a_body_is_written_as_it_is_where_it_safely_can_be():
     def encodings(text: str, html: str | None = None) -> list[str]:
         msg = parse(build({"rendered": Rendered("s", text, html)}))
