@@ -172,16 +172,20 @@ def _body(text: str, *, single: bool) -> tuple[str, bytes]:
 
 def seven_bit(data: bytes) -> bytes:
     """A message :func:`compose` made, for a server without 8BITMIME: each ``8bit`` part made
-    quoted-printable (as :func:`compose` would have made it), the rest left as it is. Anything else
-    is returned as it is."""
+    quoted-printable (it decodes to the same text; a single part keeps the line break it ended
+    with), the rest left as it is. Anything else is returned as it is."""
     if data.isascii():
         return data
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, blank, body = data.partition(b"\r\n\r\n")
     found = _BOUNDARY.search(head)
+    if not blank:
+        return data
     if found is None:
         return _seven_bit_part(head, body, single=True)
     delimiter, close = b"\r\n--" + found[1] + b"\r\n", b"\r\n--" + found[1] + b"--\r\n"
-    inner, _, epilogue = (b"\r\n" + body).partition(close)  # (the CRLF the first delimiter begins with)
+    inner, closed, epilogue = (b"\r\n" + body).partition(close)  # (the CRLF the first delimiter begins with)
+    if not closed:
+        return data
     first, *parts = inner.split(delimiter)
     parts = [_seven_bit_part(*part.partition(b"\r\n\r\n")[::2], single=False) for part in parts]
     return head + b"\r\n" + first + b"".join(delimiter + part for part in parts) + close + epilogue

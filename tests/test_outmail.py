@@ -158,8 +158,11 @@ def test_mail_is_crlf_within_line_limits_in_both_forms(name):
 
 
 def test_seven_bit_leaves_what_it_did_not_make_as_it_is():
+    cut = build(CASES["spanish"])
+    cut = cut[:cut.rindex(b"\r\n--=_")]  # a multipart message without its closing delimiter
     for data in (b"Subject: x\r\n\r\nplain\r\n", b"Subject: x\r\nContent-Transfer-Encoding: 8bit\r\n\r\n\xff\xfe\r\n",
-                 b"Subject: x\r\n\r\n\xc3\xa9 without a transfer encoding\r\n"):
+                 b"Subject: x\r\n\r\n\xc3\xa9 without a transfer encoding\r\n", b"\xff",
+                 b"Subject: x\nContent-Transfer-Encoding: 8bit\n\n\xc3\xa9 LF only\n", cut):
         assert seven_bit(data) == data
 
 
@@ -170,7 +173,9 @@ def test_a_body_is_written_as_it_is_where_it_safely_can_be():
 
     assert encodings("Hello Ana,\nthanks.\n") == ["7bit"]
     assert encodings("Hola José,\ngracias.\n", "<p>José</p>") == ["8bit", "8bit"]
-    assert encodings("Hola\n" + "é" * 500 + "\n") == ["quoted-printable"]  # a line over 998 octets
+    assert encodings("Hola\n" + "é" * 499 + "\n") == ["8bit"]  # a line of 998 octets: the most there may be
+    assert encodings("Hola\n" + "é" * 499 + "x\n") == ["quoted-printable"]  # 999
+    assert encodings("x" * 998, "é" * 499 + "x") == ["7bit", "quoted-printable"]
     assert encodings("Hola\nFrom here\n") == ["quoted-printable"]  # mbox would rewrite it
     assert encodings("x", "a\n--=_hd at the start of a line") == ["7bit", "quoted-printable"]  # like a boundary
     assert encodings("nul \x00 here") == ["quoted-printable"]
@@ -250,7 +255,7 @@ def test_the_same_values_give_the_same_bytes():
 def test_random_bodies_round_trip():
     rng = random.Random(20261122)
     alphabet = ["a", " ", "\t", ".", "=", "_", "?", "é", "😀", "F", "From ", "\n", "\r\n", "\r", "\x0c", "\x00",
-                "x" * 67, "x" * 70, "x" * 73, "x" * 74, "--=_", "é" * 300]
+                "x" * 67, "x" * 70, "x" * 73, "x" * 74, "--=_", "é" * 300, "\u2028", "\x85", "\x0b"]
     for _ in range(1000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))
         html = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))

@@ -348,6 +348,16 @@ def test_accented_mail_goes_as_it_is_where_8bitmime_is_offered_and_quoted_where_
         controller.stop()
     [got] = handler.received
     assert got.data.isascii() is not eight_bit and ("BODY=8BITMIME" in got.mail_options) is eight_bit
+    if eight_bit:  # asked for 8-bit mail only
+        from helpdeskd.smtp import SmtpSession
+
+        handler.received.clear()
+        controller = start(handler)
+        session = SmtpSession(smtp_settings(controller.port), None)
+        session.send("", ["ana@cliente.es"], b"Subject: x\r\n\r\nhola\r\n")
+        session.close()
+        controller.stop()
+        assert "BODY=8BITMIME" not in handler.received[0].mail_options
     assert (b"Content-Transfer-Encoding: quoted-printable" in got.data) is not eight_bit
     sent, queued = parse(got.data), parse(entry.data)
     assert sent.text == queued.text and "el número 1" in sent.text and sent.subject == queued.subject
