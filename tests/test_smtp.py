@@ -353,10 +353,12 @@ def test_accented_mail_goes_as_it_is_where_8bitmime_is_offered_and_quoted_where_
 
         handler.received.clear()
         controller = start(handler)
-        session = SmtpSession(smtp_settings(controller.port), None)
-        session.send("", ["ana@cliente.es"], b"Subject: x\r\n\r\nhola\r\n")
-        session.close()
-        controller.stop()
+        try:
+            session = SmtpSession(smtp_settings(controller.port), None)
+            session.send("", ["ana@cliente.es"], b"Subject: x\r\n\r\nhola\r\n")
+            session.close()
+        finally:
+            controller.stop()
         assert "BODY=8BITMIME" not in handler.received[0].mail_options
     assert (b"Content-Transfer-Encoding: quoted-printable" in got.data) is not eight_bit
     sent, queued = parse(got.data), parse(entry.data)
