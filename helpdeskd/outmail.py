@@ -34,21 +34,21 @@ looks like an encoded word is encoded instead of being misread. What is done and
   with a line break (one is added to a text without; SMTP would add it anyway). Otherwise, and for
   a server without 8BITMIME (:func:`seven_bit`, at sending), it is quoted-printable, by
   ``binascii.b2a_qp`` (C), which costs several times more on accented text.
-  For quoted-printable, the text is first normalised to CRLF and one CRLF is appended: b2a_qp writes every line end, soft
-  ones included, in the style of the first line end it finds (LF when there is none, so a one-line
-  body would get ``=\\n`` soft breaks), and leaves a bare CR as it is. It encodes ``=``, control
-  and 8-bit bytes, trailing spaces and tabs, and a lone ``.`` line; but a trailing space turned into
-  ``=20`` can make a 77-character line, a soft break can leave a lone ``.`` on a line, and ``From ``
-  at the start of a line stays as it is (mbox delivery would rewrite it to ``>From ``). So a cheap
-  check follows, and the rare lines concerned are mended: ``=46rom``, ``=2E``, one more soft break.
-  Decoded, each quoted-printable part is exactly the text given, line ends as CRLF; a single-part
-  mail whose text does not end with a line break ends with a soft break, so that the bytes still end
-  in CRLF.
+  For quoted-printable, the text is first normalised to CRLF and one CRLF is appended: b2a_qp writes
+  every line end, soft ones included, in the style of the first line end it finds (LF when there is
+  none, so a one-line body would get ``=\\n`` soft breaks), and leaves a bare CR as it is. It
+  encodes ``=``, control and 8-bit bytes, trailing spaces and tabs, and a lone ``.`` line; but a
+  trailing space turned into ``=20`` can make a 77-character line, a soft break can leave a lone
+  ``.`` on a line, and ``From `` at the start of a line stays as it is (mbox delivery would rewrite
+  it to ``>From ``). So a cheap check follows, and the rare lines concerned are mended: ``=46rom``,
+  ``=2E``, one more soft break. Decoded, each quoted-printable part is exactly the text given, line
+  ends as CRLF; a single-part mail whose text does not end with a line break ends with a soft break,
+  so that the bytes still end in CRLF.
 - **Multipart.** With HTML, multipart/alternative (text first, then HTML). The boundary starts with
   ``=_``, which quoted-printable output can never contain (``=`` is only ever followed by two hex
   digits or a line end), and a body written as it is has no line starting with ``--=_``, so no part
-  can contain it and there is nothing to retry. Its rest
-  is derived from the Message-ID rather than random: unique per mail, and ``compose`` stays pure.
+  can contain it and there is nothing to retry. Its rest is derived from the Message-ID rather than
+  random: unique per mail, and ``compose`` stays pure.
 """
 
 from __future__ import annotations

@@ -349,31 +349,28 @@ def test_accented_mail_goes_as_it_is_where_8bitmime_is_offered_and_quoted_where_
     [got] = handler.received
     assert got.data.isascii() is not eight_bit and ("BODY=8BITMIME" in got.mail_options) is eight_bit
     if eight_bit:  # asked for 8-bit mail only
-        from helpdeskd.smtp import SmtpSession
-
-        handler.received.clear()
-        controller = start(handler)
-        try:
-            session = SmtpSession(smtp_settings(controller.port), None)
-            session.send("", ["ana@cliente.es"], b"Subject: x\r\n\r\nhola\r\n")
-            session.close()
-        finally:
-            controller.stop()
-        assert "BODY=8BITMIME" not in handler.received[0].mail_options
+        [ascii_mail] = send_raw(["ana@cliente.es"], b"Subject: x\r\n\r\nhola\r\n")
+        assert "BODY=8BITMIME" not in ascii_mail.mail_options
     assert (b"Content-Transfer-Encoding: quoted-printable" in got.data) is not eight_bit
     sent, queued = parse(got.data), parse(entry.data)
     assert sent.text == queued.text and "el número 1" in sent.text and sent.subject == queued.subject
 
 
 def test_a_non_ascii_address_goes_with_smtputf8_where_the_server_offers_it():
+    [got] = send_raw(["josé@cliente.example"], b"Subject: x\r\n\r\nhola\r\n")  # (aiosmtpd offers SMTPUTF8)
+    assert got.rcpt_tos == ["josé@cliente.example"] and "SMTPUTF8" in got.mail_options
+
+
+def send_raw(recipients: list[str], data: bytes) -> list:
+    """Send ``data`` in one SMTP session to a fresh aiosmtpd peer; what it received."""
     from helpdeskd.smtp import SmtpSession
 
     handler = Handler()
-    controller = start(handler)  # (aiosmtpd offers SMTPUTF8)
+    controller = start(handler)
     try:
         session = SmtpSession(smtp_settings(controller.port), None)
-        session.send("", ["josé@cliente.example"], b"Subject: x\r\n\r\nhola\r\n")
+        session.send("", recipients, data)
         session.close()
     finally:
         controller.stop()
-    assert [m.rcpt_tos for m in handler.received] == [["josé@cliente.example"]]
+    return handler.received
