@@ -304,7 +304,8 @@ def _span(text: str) -> float | None:
     match = _SPAN.fullmatch(text.replace(" ", "").lower())
     if not match or not any(match.groups()):
         return None
-    return sum(float(amount) * unit for amount, unit in zip(match.groups(), _SPAN_UNITS) if amount)
+    # (to the microsecond: "0.1h" is 360 s, not 360.00000000000006, and so a whole 6 minutes)
+    return round(sum(float(amount) * unit for amount, unit in zip(match.groups(), _SPAN_UNITS) if amount), 6)
 
 
 def path(r: Reader, key: str, base_dir: Path, default: Any = REQUIRED) -> Path | None:

@@ -98,7 +98,7 @@ _OUTPUT = _Output()
 def deferred() -> Iterator[None]:
     """Within the block (this thread), info and debug lines are written together when it ends: one
     write for a batch of mail instead of one per message, for us and for the journal reading them.
-    They come out a batch later (and a crash mid-block loses them, not the work they tell of)."""
+    They come out when the block ends (and a crash inside it loses them, not the work they tell of)."""
     output = _OUTPUT
     if getattr(output.held, "lines", None) is not None:  # nested: the outer block writes them
         yield

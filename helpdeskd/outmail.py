@@ -166,8 +166,13 @@ def _body(text: str, *, single: bool) -> tuple[str, bytes]:
         if single and data and not data.endswith(b"\r\n"):
             data += b"\r\n"
         return ("7bit" if data.isascii() else "8bit"), data
+    return "quoted-printable", _quoted(text, single=single)
+
+
+def _quoted(text: str, *, single: bool) -> bytes:
+    """``text`` quoted-printable; a single part's ends in CRLF (a soft break where the text had none)."""
     body = _qp(text)
-    return "quoted-printable", _ending_in_crlf(body) if single else body
+    return _ending_in_crlf(body) if single else body
 
 
 def seven_bit(data: bytes) -> bytes:
@@ -177,9 +182,9 @@ def seven_bit(data: bytes) -> bytes:
     if data.isascii():
         return data
     head, blank, body = data.partition(b"\r\n\r\n")
-    found = _BOUNDARY.search(head)
     if not blank:
         return data
+    found = _BOUNDARY.search(head)
     if found is None:
         return _seven_bit_part(head, body, single=True)
     delimiter, close = b"\r\n--" + found[1] + b"\r\n", b"\r\n--" + found[1] + b"--\r\n"
@@ -202,9 +207,8 @@ def _seven_bit_part(head: bytes, body: bytes, *, single: bool) -> bytes:
         text = None
     if text is None:
         return head + b"\r\n\r\n" + body
-    encoded = _qp(text)  # (the same text: as it is, a single part ends with a line break)
     return (head[:-len(_EIGHT_BIT)] + b"\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
-            + (_ending_in_crlf(encoded) if single else encoded))
+            + _quoted(text, single=single))  # (the same text: as it is, a single part ends with a line break)
 
 
 # -- headers ------------------------------------------------------------------------------------------
