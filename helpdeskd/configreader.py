@@ -304,7 +304,7 @@ def _span(text: str) -> float | None:
     match = _SPAN.fullmatch(text.replace(" ", "").lower())
     if not match or not any(match.groups()):
         return None
-    # (to the microsecond: "0.1h" is 360 s, not 360.00000000000006, and so a whole 6 minutes)
+    # (to the microsecond: "1.1h" is 3960 s, not 3960.0000000000005, and so a whole 66 minutes)
     return round(sum(float(amount) * unit for amount, unit in zip(match.groups(), _SPAN_UNITS) if amount), 6)
 
 

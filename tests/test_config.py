@@ -291,7 +291,7 @@ def test_explicit_values_override_defaults() -> None:
 
 @pytest.mark.parametrize(("value", "minutes"), [
     ("30m", 30), ("4h", 240), ("2d", 2880), ("1d12h", 2160), ("1h 30m", 90), ("4H", 240), (45, 45),
-    ("120s", 2), ("1.5h", 90), ("0.1h", 6),
+    ("120s", 2), ("1.5h", 90), ("1.1h", 66),
 ])
 def test_response_target_durations(value: Any, minutes: int) -> None:
     config = build({"priorities[0].response_target": value})
