@@ -11,11 +11,10 @@ idempotent by message key, so a message downloaded again after a crash never bec
 ticket; the ledger makes the next session delete (or, when mail is kept, skip) it without RETR.
 
 Network, filing and durability overlap: while one batch is being filed (in a filer thread, under the
-daemon's filing lock, without fsync), the session thread already retrieves the next two (the second
-only while little mail is held) and a committer thread makes the previous one durable (one group
-commit, see ``store/fsutil.py``) and writes its ledger; only then is that batch DELE'd. At most three
-batches of mail are in memory (four with the helper: see below). A session's first and last batches
-are small (see :func:`_batches`).
+daemon's filing lock, without fsync), the session thread already retrieves the next one and a committer
+thread makes the previous one durable (one group commit, see ``store/fsutil.py``) and writes its
+ledger; only then is that batch DELE'd. At most two batches of mail are in memory (three with the
+helper: see below).
 
 With the helper process (``[mail_gateway] helper_process``, see ``helper.py``), it parses each batch
 as soon as it is retrieved, and composes the mail that filing a batch asks for while the filer files
@@ -60,7 +59,6 @@ log = get("pop3")
 T = TypeVar("T")
 Locked = Callable[[Callable[[], T]], T]  # runs a filing step under the daemon's filing lock
 RAMP = 16  # the size of a session's first and last batches (see _batches)
-AHEAD_BYTES = 4 * 1024 * 1024  # a second batch is retrieved ahead of the filer only while less is held
 
 
 def run_directly(step: Callable[[], T]) -> T:
@@ -164,8 +162,8 @@ def _forget_known(session: Pop3Session, listed: list[Listed], ledger: Ledger, cf
 
 def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Mailbox, svc: Services,
               ledger: Ledger, locked: Locked, should_stop: Callable[[], bool], result: Pop3Result) -> None:
-    """Three stages in three threads: this one RETRs batches k+1 and k+2 while the filer files batch k
-    and the committer makes batch k-1 durable (then ledgers it); a batch is DELE'd once its commit is done."""
+    """Three stages in three threads: this one RETRs batch k+1 while the filer files batch k and the
+    committer makes batch k-1 durable (then ledgers it); a batch is DELE'd once its commit is done."""
     cfg: Pop3 = mailbox.pop3  # type: ignore[assignment]
     deadline = time.monotonic() + cfg.max_session_seconds
     filer = ThreadPoolExecutor(1, thread_name_prefix=f"file-{mailbox.name}")
@@ -175,20 +173,6 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
     pending: list[_Filed] = []  # the filer's: a filed batch whose mail the helper is composing
     file = functools.partial(_file_batch, mailbox=mailbox, svc=svc, ledger=ledger, locked=locked, result=result,
                              committer=committer, pending=pending)
-    ahead: deque[_Batch] = deque()  # retrieved (and being parsed), not yet handed to the filer
-
-    def hand_over() -> bool:
-        """The oldest batch retrieved to the filer, once it is free; False (and it stays) when asked to stop."""
-        nonlocal filing
-        if filing is not None:
-            commits.append(filing.result())
-            filing = None
-        if should_stop():  # asked while retrieving or filing: what was retrieved stays on the server
-            result.more = True
-            return False
-        filing = filer.submit(file, ahead.popleft())
-        return True
-
     try:
         for batch_items in _batches(items, cfg, limit, result):
             if should_stop() or time.monotonic() > deadline:
@@ -197,16 +181,15 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
             batch = _Batch(batch_items, session.retrieve([m.number for m in batch_items], limit))
             if svc.config.mail_gateway.helper_process:
                 batch.parsing = helper.parse_ahead(batch.raws, svc.config.limits, svc.config.helpdesk)
-            ahead.append(batch)
             while commits and commits[0].done():  # after the RETRs: the helper gets the batch sooner
                 _delete(session, commits.popleft().result(), cfg)
-            # While the filer is busy, one more batch is retrieved, so that the helper has it to parse
-            # as soon as it is free (unless the mail held is big already).
-            held = sum(m.size for waiting in ahead for m in waiting.items)
-            if (filing is None or filing.done() or len(ahead) > 1 or held > AHEAD_BYTES) and not hand_over():
+            if filing is not None:
+                commits.append(filing.result())
+                filing = None
+            if should_stop():  # asked while retrieving or filing: this batch stays on the server
+                result.more = True
                 break
-        while ahead and hand_over():
-            pass
+            filing = filer.submit(file, batch)
         if filing is not None:
             commits.append(filing.result())
         if pending:  # (the filer is idle now) the last batch's mail, then its commit

@@ -584,47 +584,6 @@ def test_asked_to_stop_while_retrieving_the_retrieved_batch_stays_on_the_server(
     assert box.left == 6 and len(tickets(svc)) == 3  # the first batch filed and deleted; the second left alone
 
 
-@pytest.mark.parametrize("small", [True, False])
-def test_while_a_batch_is_filed_the_next_two_are_retrieved_unless_much_mail_is_held(dovecot, tmp_path, monkeypatch,
-                                                                                     small):
-    """The session keeps the helper supplied: it retrieves up to two batches ahead of a busy filer,
-    but only one when the mail held passes AHEAD_BYTES (memory stays bounded)."""
-    from helpdeskd import gateway
-    from helpdeskd.sources import pop3 as pop3_source
-
-    if not small:
-        monkeypatch.setattr(gateway, "AHEAD_BYTES", 1)
-    box = Box(dovecot, tmp_path)
-    box.put(*many(15))
-    svc = services(tmp_path, box.entry(batch=3))
-    real_retrieve, real_file = pop3_source.Pop3Session.retrieve, gateway._file_batch
-    retrieved, handed, ahead = [0], [0], []
-
-    def retrieve(self, numbers, limit):
-        raws = real_retrieve(self, numbers, limit)
-        retrieved[0] += 1
-        ahead.append(retrieved[0] - handed[0])  # retrieved batches not yet handed to the filer
-        return raws
-
-    def file_batch(batch, **kwargs):
-        if batch is not None:
-            time.sleep(0.2)  # a slow filer: the session thread runs ahead as far as it may
-        return real_file(batch, **kwargs)
-
-    class Executor(gateway.ThreadPoolExecutor):
-        def submit(self, fn, *args, **kwargs):
-            if getattr(fn, "func", None) is file_batch and args[0] is not None:
-                handed[0] += 1  # (in the session thread, as it hands the batch over)
-            return super().submit(fn, *args, **kwargs)
-
-    monkeypatch.setattr(pop3_source.Pop3Session, "retrieve", retrieve)
-    monkeypatch.setattr(gateway, "_file_batch", file_batch)
-    monkeypatch.setattr(gateway, "ThreadPoolExecutor", Executor)
-    result = poll_pop3(svc.config.mailboxes[0], svc)
-    assert result.error is None and result.counts == {"new": 15} and box.left == 0
-    assert max(ahead) == (2 if small else 1)
-
-
 def test_the_daemon_starts_its_helper_with_itself_not_with_the_first_mail(dovecot, tmp_path):
     """With a POP3 mailbox and the helper on, the helper is up before any mail arrives (its ~0.2 s
     start is not paid by the first batch); with the helper off, no helper ever starts."""
