@@ -58,7 +58,6 @@ from .store.ledger import Ledger
 log = get("pop3")
 T = TypeVar("T")
 Locked = Callable[[Callable[[], T]], T]  # runs a filing step under the daemon's filing lock
-RAMP = 16  # the size of a session's first and last batches (see _batches)
 
 
 def run_directly(step: Callable[[], T]) -> T:
@@ -181,8 +180,6 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
             batch = _Batch(batch_items, session.retrieve([m.number for m in batch_items], limit))
             if svc.config.mail_gateway.helper_process:
                 batch.parsing = helper.parse_ahead(batch.raws, svc.config.limits, svc.config.helpdesk)
-            while commits and commits[0].done():  # after the RETRs: the helper gets the batch sooner
-                _delete(session, commits.popleft().result(), cfg)
             if filing is not None:
                 commits.append(filing.result())
                 filing = None
@@ -190,6 +187,8 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
                 result.more = True
                 break
             filing = filer.submit(file, batch)
+            while commits and commits[0].done():
+                _delete(session, commits.popleft().result(), cfg)
         if filing is not None:
             commits.append(filing.result())
         if pending:  # (the filer is idle now) the last batch's mail, then its commit
@@ -202,21 +201,14 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
 
 
 def _batches(items: list[Listed], cfg: Pop3, limit: int, result: Pop3Result) -> list[list[Listed]]:
-    """Groups of at most ``cfg.batch`` messages and ~max(limit, 8 MiB) bytes, up to the session's count.
-
-    The first groups grow from :data:`RAMP` messages (doubling) and the last shrink to it (each about
-    half of what is left): the filer waits for the first batch to be parsed, and for the last one's
-    mail to be composed, with nothing else to do, so both ends of the session are kept short."""
+    """Groups of at most ``cfg.batch`` messages and ~max(limit, 8 MiB) bytes, up to the session's count."""
     budget, batches, current, size = max(limit, 8 * 1024 * 1024), [], [], 0
     if len(items) > cfg.max_messages_per_session:
         items, result.more = items[:cfg.max_messages_per_session], True
-    left, growing = len(items), RAMP
     for item in items:
-        if current and (len(current) >= min(cfg.batch, growing, max(RAMP, -(-left // 2)))
-                        or size + item.size > budget):
+        if current and (len(current) >= cfg.batch or size + item.size > budget):
             batches.append(current)
-            left -= len(current)
-            current, size, growing = [], 0, growing * 2
+            current, size = [], 0
         current.append(item)
         size += item.size
     return batches + [current] if current else batches

@@ -106,32 +106,6 @@ def test_files_every_message_once_then_deletes_them(dovecot, tmp_path):
     assert (tmp_path / "state" / "ledger" / "support").read_text() == ""  # pruned: the server forgot them
 
 
-@pytest.mark.parametrize("count", [1, 16, 17, 100, 300, 2000, 6000])
-def test_batches_start_and_end_small_and_keep_their_bounds(count):
-    """The session's first batches grow from RAMP and its last ones shrink to it (the filer waits for
-    the helper at both ends); no batch exceeds ``batch`` or the byte budget; every message once, in order."""
-    from helpdeskd.gateway import RAMP, Pop3Result, _batches
-    from helpdeskd.sources.pop3 import Listed
-
-    cfg = build_config(config_data(Path("/tmp"), {"name": "b", "protocol": "pop3", "host": "127.0.0.1", "user": "u",
-                                                  "password_file": "/dev/null", "allow_plaintext": True}),
-                       Path("/tmp")).mailboxes[0].pop3
-    items = [Listed(n, 3_700, f"u{n}") for n in range(1, count + 1)]
-    result = Pop3Result()
-    batches = _batches(items, cfg, 10_000_000, result)
-    sizes, taken = [len(batch) for batch in batches], min(count, cfg.max_messages_per_session)
-    assert [m for batch in batches for m in batch] == items[:taken]
-    assert result.more == (count > cfg.max_messages_per_session)
-    assert max(sizes) <= cfg.batch and sizes[0] == min(taken, RAMP) and sizes[-1] <= RAMP
-    if taken >= 1000:
-        assert sizes[:4] == [RAMP, 2 * RAMP, 4 * RAMP, cfg.batch]  # doubling up to the configured size
-        assert sizes[-4:-1] == sorted(sizes[-4:-1], reverse=True) and sizes[-2] >= RAMP  # halving down
-    big = [Listed(m.number, 3_000_000 if m.number % 3 else 3_700, m.uid) for m in items]  # the byte budget binds
-    batches = _batches(big, cfg, 10_000_000, Pop3Result())
-    assert [m for batch in batches for m in batch] == big[:taken]
-    assert all(len(batch) == 1 or sum(m.size for m in batch) <= 10_000_000 for batch in batches)
-
-
 @pytest.mark.parametrize("helper_process", [False, True])
 def test_a_batch_is_deleted_only_after_its_commit_and_a_failed_commit_keeps_it(dovecot, tmp_path, monkeypatch,
                                                                                  helper_process):
