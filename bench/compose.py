@@ -10,6 +10,10 @@ counts (the least disturbed by the machine's other load). The report gives µs p
 the ratio new/old, which is what to compare across machines. The old implementation is
 ``tests/outmail_compat32.py``.
 
+Then the rendering itself: the same two mails' templates through our Jinja environment (dotted
+names read dict keys first, globals a plain dict) against a stock ``jinja2.Environment`` given the
+same template sources, alternating, best round each; the ratio ours/stock.
+
 Usage::
 
     .venv/bin/python bench/compose.py            # 2,000 calls each
@@ -24,6 +28,8 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+import jinja2
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -72,6 +78,55 @@ def the_two_mails(subject: str) -> list[tuple]:
     return mails
 
 
+def render_pairs(config, templates) -> list[tuple]:
+    """(template name, context) of the two mails, for the rendering comparison."""
+    ticket = Ticket(id=1234, subject=SUBJECTS["accented subject"], status=Status.NEW, queue="general",
+                    priority="normal", category="general",
+                    requester=Requester("jose.perez@cliente.example", "José Pérez Muñoz", "es"),
+                    created="2026-11-22T09:30:00Z", updated="2026-11-22T09:30:00Z", token="t0k3n")
+    message = {"from": ticket.requester.addr, "from_name": ticket.requester.name, "subject": ticket.subject,
+               "text": "Hola, desde ayer no puedo enviar mensajes.\n" * 12, "role": "user"}
+    return [(name, context_for(ticket, config, "es", message=message)) for name in ("ack_new", "staff_new")]
+
+
+def stock_render(sources: dict, autoescape: bool):
+    """The same templates through an unmodified Jinja environment (the baseline)."""
+    env = jinja2.Environment(loader=jinja2.DictLoader(sources), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=autoescape)
+    return lambda name, part, context: env.get_template(f"es/{name}.{part}").render(context)
+
+
+def rendering(rounds: int, calls: int) -> None:
+    """Our environment (key-first lookups, plain-dict globals) against stock Jinja, same templates."""
+    with tempfile.TemporaryDirectory() as tmp:
+        config = make_config(Path(tmp))
+    templates = load_templates(config)
+    pairs = render_pairs(config, templates)
+    plain, html = stock_render(templates._sources, False), stock_render(templates._sources, True)
+
+    def stock(name: str, context: dict) -> None:
+        " ".join(plain(name, "subject", context).split())
+        plain(name, "txt", context)
+        if f"es/{name}.html" in templates._sources:
+            html(name, "html", context)
+
+    def ours(name: str, context: dict) -> None:
+        templates.render(name, "es", None, context)
+
+    results = {}
+    for impl in (stock, ours) * rounds:
+        start = time.perf_counter()
+        for _ in range(calls // len(pairs)):
+            for name, context in pairs:
+                impl(name, context)
+        results.setdefault(impl.__name__, []).append(time.perf_counter() - start)
+    stock_t, ours_t = min(results["stock"]) / calls * 1e6, min(results["ours"]) / calls * 1e6
+    print(f"rendering: ack_new (subject, text, HTML) + staff_new (subject, text), es, {calls} per round, {rounds} rounds")
+    print(f"  stock Jinja   : {stock_t:8.1f} µs per mail (best round)")
+    print(f"  ours          : {ours_t:8.1f} µs per mail (best round)")
+    print(f"  ratio ours/stock: {ours_t / stock_t:.3f}")
+
+
 def timed(impl, mails: list[tuple], pairs: int) -> float:
     start = time.perf_counter()
     for _ in range(pairs):
@@ -100,6 +155,7 @@ def main() -> int:
         print(f"  old (compat32): {min(old) / calls * 1e6:8.1f} µs per mail (best round)")
         print(f"  new (outmail) : {min(new) / calls * 1e6:8.1f} µs per mail (best round)")
         print(f"  ratio new/old : {min(new) / min(old):.3f}   (speed-up {min(old) / min(new):.1f}x)")
+    rendering(args.rounds, args.n)
     return 0
 
 
