@@ -24,6 +24,7 @@ from .fsutil import (IMMEDIATE, Syncer, atomic_write, count_entries, create_excl
                      read_json)
 
 STATES = ("new", "cur", "failed")
+_HEAD_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True)  # made once (json.dumps: one per call)
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class Outbox:
         """:meth:`enqueue` for a caller that has just found ``state_of(msg_id)`` None, under the write
         lock (the filing path, and the helper composing for it: one check per mail, not two); a
         second copy in ``new/`` is still refused."""
-        head = json.dumps({"id": msg_id, **envelope}, ensure_ascii=False, sort_keys=True).encode()
+        head = _HEAD_JSON.encode({"id": msg_id, **envelope}).encode()
         return create_exclusive(self.name(msg_id, "new"), head + b"\n" + data, sync=self.sync)
 
     def read(self, path: Path, state: str) -> OutboxEntry:
