@@ -42,6 +42,8 @@ _BY_WORD = {word: name for name, words in KEYWORDS.items() for word in words}  #
 
 def fold(word: str) -> str:
     """Lower-case without accents: ``Categoría`` → ``categoria``, ``añadir`` → ``anadir``."""
+    if word.isascii():  # (most words: nothing to decompose)
+        return word.lower()
     decomposed = unicodedata.normalize("NFKD", word.casefold())
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 

@@ -5,6 +5,8 @@ Mail that fails these checks is still filed or recorded; it only gets no automat
 
 from __future__ import annotations
 
+import re
+
 from .matching import own_reference
 from .message import Message
 from .settings import AutoReply
@@ -68,6 +70,9 @@ def _is_report_type(message: Message) -> bool:
     return "multipart/report" in ctype or any(t in ctype for t in _REPORT_TYPES)
 
 
+_SEPARATOR = re.compile(r'[\r\n<>,; "()\[\]\\]')  # what an address we write may not hold
+
+
 def can_write_to(addr: str) -> bool:
     """An address we can put in a header and an envelope as is: a local part, one @ and a domain,
     ASCII, no separators or quotes ("@relay" or "root" is no address).
@@ -76,7 +81,7 @@ def can_write_to(addr: str) -> bool:
     """
     local, at, domain = addr.partition("@")
     return (addr.isascii() and bool(local and at and domain) and "@" not in domain
-            and not any(ch in addr for ch in '\r\n<>,; "()[]\\'))
+            and _SEPARATOR.search(addr) is None)
 
 
 def _sender_reason(message: Message, our_address: str) -> str | None:

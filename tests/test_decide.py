@@ -108,3 +108,13 @@ def test_thread_hint_needs_the_requester(config):
 def test_wanted_ticket_ids_lists_references_then_tags(config):
     msg = parse(mail(subject="Re: [Soporte #9] x", extra=f"References: <{ours(7)}>"))
     assert wanted_ticket_ids(msg, config) == [7, 9]
+
+
+@pytest.mark.parametrize("word", ["Categoría", "AÑADIR", "Straße", "ﬁchero", "İ", "Close", "cc_add", "PRIORIDAD"])
+def test_command_words_fold_the_same_on_the_ascii_shortcut_and_the_full_way(word):
+    import unicodedata
+
+    from helpdeskd.commands import fold
+
+    full = "".join(ch for ch in unicodedata.normalize("NFKD", word.casefold()) if not unicodedata.combining(ch))
+    assert fold(word) == full

@@ -277,3 +277,13 @@ def test_an_address_we_cannot_write_to_is_filed_without_an_answer(svc, sender):
     assert answers(svc) == [] and "no usable From address" in notes(svc, outcome.ticket)[0]
     notices = [e for e in svc.outbox.entries() if e.envelope["kind"] == "notification"]
     assert notices == []  # quiet mail notifies nobody; staff see it in the ticket list
+
+
+@pytest.mark.parametrize("separator", list('\r\n<>,; "()[]\\'))
+def test_an_address_holding_a_separator_is_never_written_to(separator):
+    from helpdeskd.loops import can_write_to
+
+    assert can_write_to("ana.lopez+soporte@cliente.example")
+    assert not can_write_to(f"ana{separator}lopez@cliente.example")
+    assert not can_write_to(f"ana@cliente{separator}example")
+
