@@ -110,12 +110,6 @@ def child_helpdeskd(config: str, no_fsync: bool = False, profile: str = "") -> d
         began = time.perf_counter()
         assert helper.start()
         helper_start = time.perf_counter() - began
-    try:
-        from helpdeskd import gctune
-    except ImportError:  # a checkout from before the ninth session, measured with this script
-        pass
-    else:
-        gctune.settle()  # as the daemon does once started
     helper_before = _helper_cpu_seconds()  # its start-up's share, not counted below
     profiler = _inline_profiler() if profile else None
     started, cpu = time.perf_counter(), os.times()

@@ -27,7 +27,7 @@ import signal
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
-from . import gctune, helper, logs
+from . import helper, logs
 from .cycle import Services
 from .errors import ConfigError
 from .gateway import Pop3Result
@@ -113,7 +113,6 @@ class Daemon:
         if self.svc.store.legacy_index:
             log.warning("index_old_layout", hint="helpdeskd fsck moves it to the current layout; "
                         "meanwhile lookups look in both")
-        gctune.settle()  # what is loaded now lives as long as the process or the configuration
         self.notifier.ready(self.health.summary())
         await self._serve()
         return await self._stop()
@@ -212,7 +211,6 @@ class Daemon:
         if not self.stopping:
             self._start_pollers(m for m in runtime.config.intake_mailboxes() if m.name not in self._pollers)
         self._send_wake.set()  # the [smtp] section may have changed
-        gctune.settle()  # the old configuration's objects collected, the new one's frozen
 
     def _cancel_pollers(self, wanted: set[Mailbox]) -> list[asyncio.Task]:
         """Cancel the pollers whose mailbox is not in ``wanted`` (removed, or its settings changed)."""

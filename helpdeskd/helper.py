@@ -33,7 +33,6 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from . import gctune
 from .decide import strip_imitations, ticket_ids_for
 from .health import pid_alive
 from .identity import code_candidates
@@ -249,7 +248,6 @@ def _exit_with(daemon: int) -> None:
         os._exit(0)
 
     threading.Thread(target=watch, name="exit-with-daemon", daemon=True).start()
-    gctune.settle()  # (its modules are imported by now)
 
 
 def _forget(exc: BaseException, pool: ProcessPoolExecutor | None) -> None:
