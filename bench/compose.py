@@ -121,7 +121,8 @@ def rendering(rounds: int, calls: int) -> None:
                 impl(name, context)
         results.setdefault(impl.__name__, []).append(time.perf_counter() - start)
     stock_t, ours_t = min(results["stock"]) / calls * 1e6, min(results["ours"]) / calls * 1e6
-    print(f"rendering: ack_new (subject, text, HTML) + staff_new (subject, text), es, {calls} per round, {rounds} rounds")
+    print(f"rendering: ack_new (subject, text, HTML) + staff_new (subject, text), es, "
+          f"{calls} per round, {rounds} rounds")
     print(f"  stock Jinja   : {stock_t:8.1f} µs per mail (best round)")
     print(f"  ours          : {ours_t:8.1f} µs per mail (best round)")
     print(f"  ratio ours/stock: {ours_t / stock_t:.3f}")
