@@ -334,8 +334,11 @@ def _customer_commands(commands: Commands, match: Match,
     sends: list[Send] = []
     for cmd in commands.commands:
         allowed = ("requester", "collaborator") if cmd.name == "escalate" else ("requester",)
-        if cmd.name not in CUSTOMER_COMMANDS or match.role not in allowed:
-            errors.append(f"{cmd.source}: only the helpdesk staff or the ticket's requester may do this")
+        if cmd.name not in CUSTOMER_COMMANDS:  # (the requester too was told "or the requester" before)
+            errors.append(f"{cmd.source}: only the helpdesk staff may do this")
+        elif match.role not in allowed:
+            who = "the ticket's requester or a collaborator" if cmd.name == "escalate" else "the ticket's requester"
+            errors.append(f"{cmd.source}: only {who} (or the helpdesk staff) may do this")
         elif not match.proven:
             errors.append(f"{cmd.source}: {NEEDS_TOKEN}")
         elif cmd.name == "close":

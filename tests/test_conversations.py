@@ -208,6 +208,7 @@ def test_collaborator_adds_information_but_cannot_close(svc):
     outcome = send(svc, mail(subject=f"Re: [Soporte #{tid}] x", sender="luis@cliente.es", body="#cerrar",
                              message_id="<l1@cliente.es>"))
     assert outcome.action == "rejected" and svc.store.get(tid).status == "new"
+    assert outcome.detail == "#cerrar: only the ticket's requester (or the helpdesk staff) may do this"
     assert mails(svc, to="luis@cliente.es", template="command_error")
     assert send(svc, mail(subject=f"Re: [Soporte #{tid}] x", sender="luis@cliente.es",
                           body="Más datos: falla desde las 9.", message_id="<l2@cliente.es>")).action == "followup"
@@ -368,3 +369,15 @@ def test_staff_whose_mail_client_uses_our_domain_in_message_ids_is_relayed(svc):
     outcome = send(svc, answer_to(notice, "Hola Ana, revisa la contraseña.", STAFF,
                                   message_id="<3f2a9c@helpdesk.localhost>"))
     assert outcome.action == "staff_answer" and mails(svc, to="ana@cliente.es", template="staff_answer")
+
+
+def test_a_requester_asking_for_a_staff_command_is_told_it_is_for_staff(svc):
+    """Customers may close, escalate and manage Cc; changing the priority is the staff's. The answer
+    says so, and does not claim the requester may do it."""
+    tid, ack = open_ticket(svc)
+    outcome = send(svc, answer_to(ack, "#prioridad alta\nSigue sin funcionar.", "ana@cliente.es"))
+    assert outcome.action == "rejected" and svc.store.get(tid).priority == "normal"
+    assert outcome.detail == "#prioridad alta: only the helpdesk staff may do this"
+    [told] = mails(svc, to="ana@cliente.es", template="command_error")
+    assert "only the helpdesk staff may do this" in told.data.decode()
+
