@@ -334,7 +334,7 @@ def _customer_commands(commands: Commands, match: Match,
     sends: list[Send] = []
     for cmd in commands.commands:
         allowed = ("requester", "collaborator") if cmd.name == "escalate" else ("requester",)
-        if cmd.name not in CUSTOMER_COMMANDS:  # (the requester too was told "or the requester" before)
+        if cmd.name not in CUSTOMER_COMMANDS:  # the requester included
             errors.append(f"{cmd.source}: only the helpdesk staff may do this")
         elif match.role not in allowed:
             who = "the ticket's requester or a collaborator" if cmd.name == "escalate" else "the ticket's requester"
