@@ -44,6 +44,7 @@ def test_the_same_text_as_tomli_w_for_records_of_our_shape():
         text = tomlout.dumps(record)
         assert text == tomli_w.dumps(record), record
         assert tomllib.loads(text) == tomllib.loads(tomli_w.dumps(record))
+    assert 0 < len(tomlout._KEYS) <= 4096  # keys written are remembered, up to a bound
 
 
 def test_other_shapes_are_left_to_tomli_w():

@@ -54,9 +54,17 @@ def _table(table: dict, name: str) -> list[str]:
 
 
 def _key(key: object) -> str:
-    if type(key) is not str:
-        raise _Other
-    return key if _BARE_KEY.fullmatch(key) else _string(key)
+    written = _KEYS.get(key)  # type: ignore[arg-type]  # (the same few dozen keys, record after record)
+    if written is None:
+        if type(key) is not str:
+            raise _Other
+        written = key if _BARE_KEY.fullmatch(key) else _string(key)
+        if len(_KEYS) < 4096:
+            _KEYS[key] = written
+    return written
+
+
+_KEYS: dict[str, str] = {}
 
 
 def _value(value: object) -> str:
@@ -83,4 +91,6 @@ def _value(value: object) -> str:
 
 
 def _string(text: str) -> str:
+    if _NEEDS_ESCAPE.search(text) is None:  # most values: a search costs half a substitution
+        return f'"{text}"'
     return '"' + _NEEDS_ESCAPE.sub(lambda match: _ESCAPES[match.group()], text) + '"'
