@@ -116,6 +116,20 @@ def test_ids_are_sequential_and_iterated_in_order(tmp_path):
     assert list(store.iter_ids()) == [1, 2, 3, 1500] and store.last_id() == 3
 
 
+def test_history_times_are_formatted_once_a_second_and_follow_the_clock(monkeypatch):
+    from helpdeskd.store import tickets
+
+    now = [1795390202.25]
+    monkeypatch.setattr(tickets.time, "time", lambda: now[0])
+    assert tickets.utcnow() == "2026-11-22T23:30:02+00:00"
+    now[0] += 0.7
+    assert tickets.utcnow() == "2026-11-22T23:30:02+00:00"
+    now[0] += 0.1  # the next second
+    assert tickets.utcnow() == "2026-11-22T23:30:03+00:00"
+    now[0] -= 3600  # the clock set back: formatted again, not kept
+    assert tickets.utcnow() == "2026-11-22T22:30:03+00:00"
+
+
 def test_events_skip_a_torn_last_line(tmp_path):
     store = TicketStore(tmp_path)
     store.save(sample())
@@ -658,6 +672,47 @@ def test_has_event_reads_the_history_once_per_unit_and_never_misses_an_event(tmp
         assert not store.has_event(2, "created", "created")  # no history at all
         store.append_event(2, {"type": "created", "ref": "created"})
         assert store.has_event(2, "created", "created")
+
+def test_a_new_tickets_history_is_kept_and_read_again_only_once_it_changed(tmp_path, monkeypatch):
+    """A ticket made in a unit keeps its history in memory after the unit (the next batch records
+    the mail composed for it meanwhile): used while the file is the size it was, read when another
+    writer appended to it, never taken for a ticket that has no file any more."""
+    store, other = TicketStore(tmp_path), TicketStore(tmp_path)  # other: another process's store
+    opened = []  # the files read
+    real_open = os.open
+
+    def watch(path, flags, *args, **kwargs):
+        if flags & os.O_ACCMODE == os.O_RDONLY:
+            opened.append(os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", watch)
+    for _ in range(3):
+        with store.unit():
+            ticket_id = store.allocate_id()
+            store.append_event(ticket_id, {"type": "created", "ref": "created"})
+            store.save(sample(ticket_id))
+    histories = [f"{store.ticket_dir(n)}/events.jsonl" for n in (1, 2, 3)]
+    opened.clear()
+    with store.unit():
+        assert not store.has_event(1, "reply_queued", "o1")
+        store.append_event(1, {"type": "reply_queued", "ref": "o1"})
+    assert histories[0] not in opened  # as kept: no read
+    assert [e["ref"] for e in store.events(1)] == ["created", "o1"]
+    other.append_event(2, {"type": "reply_queued", "ref": "o2"})
+    with store.unit():
+        assert store.has_event(2, "reply_queued", "o2")  # appended meanwhile: read again
+        assert store.has_event(1, "reply_queued", "o1")  # appended since it was kept: read
+    assert histories[0] in opened and histories[1] in opened
+    shutil.rmtree(store.ticket_dir(3))
+    assert not store.has_event(3, "created", "created") and store.events(3) == []
+    store2 = TicketStore(tmp_path)  # (keeps at most RECENT_HISTORIES)
+    monkeypatch.setattr("helpdeskd.store.tickets.RECENT_HISTORIES", 2)
+    for _ in range(4):
+        with store2.unit():
+            store2.append_event(store2.allocate_id(), {"type": "created", "ref": "created"})
+    assert sorted(store2._recent) == [6, 7]
+
 
 def test_rate_limit_log_is_one_file_and_reads_its_older_form(tmp_path):
     from helpdeskd.store.sentlog import SentLog

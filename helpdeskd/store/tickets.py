@@ -33,6 +33,7 @@ import json
 import os
 import re
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,17 +45,26 @@ from ..errors import PermanentError
 from ..ticket import Requester, Status, Ticket
 from . import tomlout
 from .fsutil import (Syncer, append_line, atomic_write, count_entries, create_exclusive, ensure_dir, exists,
-                     read_json, read_small, write_new)
+                     read_bytes, read_json, read_small, write_new)
 
 LAYOUT = "index/layout"  # present: index entries are one level down (see the module docstring)
 _TICKET_FIELDS = {f.name for f in fields(Ticket)} - {"extra", "requester", "status"}
 # One encoder each, made once: json.dumps with options makes a new one per call (~1 us of 2-4).
+RECENT_HISTORIES = 1024  # see TicketStore._recent: two batches of new tickets, and more
 _EVENT_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
 _CLAIM_JSON = json.JSONEncoder(sort_keys=True)
 
 
 def utcnow() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """The time now, UTC, to the second (ISO 8601), as history lines carry it: formatted once a second."""
+    global _utcnow_text
+    second, text = int(time.time()), _utcnow_text
+    if text[0] != second:
+        _utcnow_text = text = (second, datetime.fromtimestamp(second, timezone.utc).isoformat())
+    return text[1]
+
+
+_utcnow_text = (0, "")
 
 
 class _Unit(threading.local):
@@ -79,6 +89,10 @@ class TicketStore:
         self._root = os.fspath(state_dir)
         self.sync = sync or Syncer(enabled=durable, root=state_dir)
         self._unit = _Unit()
+        # The histories of tickets this process made, as written when their unit ended (the latest
+        # RECENT_HISTORIES): a later look into one, such as recording the mail the helper composed for
+        # it, costs a stat instead of a read while the file is still the size it was then.
+        self._recent: dict[int, bytes] = {}
         for sub in ("tickets", "index/keys", "index/msgid"):
             ensure_dir(state_dir / sub, sync=self.sync)
         self._legacy = old_index_layout(state_dir)  # entries may be two levels down
@@ -111,11 +125,21 @@ class TicketStore:
                     for ticket_id in list(unit.pending):
                         self._write_events(ticket_id)
                 finally:
+                    self._keep_recent(unit)
                     unit.events.clear()
                     unit.raw.clear()
                     unit.pending.clear()
                     unit.msgids.clear()
                     unit.fresh.clear()
+
+    def _keep_recent(self, unit: _Unit) -> None:
+        recent = self._recent
+        for ticket_id in unit.fresh:
+            raw = unit.raw.get(ticket_id)
+            if raw:  # what was written of it (a failed append adds nothing here; the size tells)
+                recent[ticket_id] = raw
+        while len(recent) > RECENT_HISTORIES:
+            del recent[next(iter(recent))]
 
     @contextmanager
     def ids_reserved(self, count: int) -> Iterator[None]:
@@ -312,11 +336,15 @@ class TicketStore:
         return out
 
     def _read_history(self, ticket_id: int) -> bytes:
-        try:
-            with open(f"{self._ticket_dir(ticket_id)}/events.jsonl", "rb") as file:
-                return file.read()
-        except FileNotFoundError:
-            return b""
+        path = f"{self._ticket_dir(ticket_id)}/events.jsonl"
+        kept = self._recent.pop(ticket_id, None)
+        if kept is not None:  # (popped: appended to from here on, it is read again, or kept by a unit)
+            try:
+                if os.stat(path).st_size == len(kept):  # append-only: the same size is the same bytes
+                    return kept
+            except FileNotFoundError:
+                return b""
+        return read_bytes(path) or b""
 
     def has_event(self, ticket_id: int, type_: str, ref: str) -> bool:
         unit = self._unit
