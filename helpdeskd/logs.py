@@ -9,6 +9,7 @@ strips and records, so ``journalctl -u helpdeskd -p warning`` shows warnings and
 
 from __future__ import annotations
 
+import json as jsonlib
 import logging
 import os
 import sys
@@ -29,7 +30,7 @@ def setup(level: str = "info", *, json: bool | None = None, stream: TextIO | Non
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()
-    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(
+    renderer: Any = structlog.processors.JSONRenderer(_json_line) if json else structlog.dev.ConsoleRenderer(
         colors=stream.isatty())
     if json and (journal if journal is not None else is_journal(stream)):
         renderer = _with_priority(renderer)
@@ -43,9 +44,28 @@ def setup(level: str = "info", *, json: bool | None = None, stream: TextIO | Non
         ],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
         logger_factory=_OUTPUT.logger,
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=False,  # (ours cache themselves until the next setup: see get())
     )
     _OUTPUT.stream = stream
+    global _generation
+    _generation += 1
+
+
+def _json_line(event_dict: dict, **_options: Any) -> str:
+    """The JSON renderer's serializer: one encoder made once (``json.dumps`` makes one per line)."""
+    return _LINE_JSON.encode(event_dict)
+
+
+def _unjsonable(value: Any) -> Any:
+    """What a value JSON has no form for is written as: its ``__structlog__()``, else its repr."""
+    try:
+        return value.__structlog__()
+    except AttributeError:
+        return repr(value)
+
+
+_LINE_JSON = jsonlib.JSONEncoder(default=_unjsonable)
+_generation = 0  # setup() calls so far: a logger made before the last one is made again
 
 
 class _Output:
@@ -132,5 +152,25 @@ def _with_priority(render: Any) -> Any:
 
 
 def get(component: str) -> structlog.typing.FilteringBoundLogger:
-    """A lazy logger: safe at import time, it takes the configuration in force when it first logs."""
-    return structlog.get_logger(component=component)
+    """A lazy logger: safe at import time, it takes the configuration in force when it first logs,
+    and again after each :func:`setup` (a reload's level). structlog's own lazy logger makes a new
+    logger for every line, a tenth of what a line costs; this one keeps it until the next setup."""
+    return _Component(component)  # type: ignore[return-value]
+
+
+class _Component:
+    """See :func:`get`. (Configuring structlog other than through :func:`setup` would not reach a
+    logger made already.)"""
+
+    __slots__ = ("_component", "_made", "_logger")
+
+    def __init__(self, component: str) -> None:
+        self._component = component
+        self._made = -1
+        self._logger: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._made != _generation:
+            self._logger = structlog.get_logger().bind(component=self._component)
+            self._made = _generation
+        return getattr(self._logger, name)

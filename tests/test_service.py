@@ -134,6 +134,28 @@ def test_journal_lines_carry_their_syslog_priority(tmp_path, monkeypatch):
     logs.setup("info")
 
 
+def test_a_component_logger_is_made_once_and_again_after_each_setup(monkeypatch):
+    import structlog
+
+    out = io.StringIO()
+    logs.setup("warning", json=True, stream=out)
+    log = logs.get("intake")  # made before the level changes, as every module's logger is
+    made = []
+    real = structlog.get_logger
+    monkeypatch.setattr(structlog, "get_logger", lambda *a, **k: made.append(1) or real(*a, **k))
+    log.info("hidden")
+    log.warning("shown", path=Path("/x"), ticket=3)  # a value JSON has no form for: its repr
+    assert len(made) == 1
+    logs.setup("info", json=True, stream=out)  # a reload lowering the level
+    log.info("now_shown")
+    log.info("again")
+    assert len(made) == 2
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["event"] for line in lines] == ["shown", "now_shown", "again"]
+    assert lines[0]["path"] == "PosixPath('/x')" and lines[0]["component"] == "intake"
+    logs.setup("info")
+
+
 def test_deferred_lines_come_out_together_at_the_end_and_a_warning_brings_them_out_first():
     class Stream(io.StringIO):
         writes = 0
