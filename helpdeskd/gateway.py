@@ -34,7 +34,7 @@ import functools
 import hashlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -75,7 +75,9 @@ class Pop3Result(PollResult):
 class _Batch:
     items: list[Listed]
     raws: list[bytes | None]
-    parsing: Future[list[Message | None]] | None = None  # the helper process at work on ``raws``
+    parsing: Future[list[Message | None]] | None = None  # the helper process at work on ``raws[inline:]``
+    inline: int = 0  # the first messages, which the filer parses itself (see _pipeline)
+    last: bool = False  # the session's last batch
 
 
 @dataclass
@@ -86,6 +88,8 @@ class _Filed:
     entries: list[tuple[Listed, str]]
     jobs: list[tuple[MailJob, Inbound]]
     composing: Future[list[helper.Composed]] | None = None
+    last: bool = False  # the session's last batch: the filer composes part of its mail (``kept``) itself
+    kept: int = 0
 
 
 def poll_pop3(mailbox: Mailbox, svc: Services, locked: Locked = run_directly,
@@ -173,13 +177,19 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
     file = functools.partial(_file_batch, mailbox=mailbox, svc=svc, ledger=ledger, locked=locked, result=result,
                              committer=committer, pending=pending)
     try:
-        for batch_items in _batches(items, cfg, limit, result):
+        batches = _batches(items, cfg, limit, result)
+        for number, batch_items in enumerate(batches, start=1):
             if should_stop() or time.monotonic() > deadline:
                 result.more = True
                 break
-            batch = _Batch(batch_items, session.retrieve([m.number for m in batch_items], limit))
+            batch = _Batch(batch_items, session.retrieve([m.number for m in batch_items], limit),
+                           last=number == len(batches))
             if svc.config.mail_gateway.helper_process:
-                batch.parsing = helper.parse_ahead(batch.raws, svc.config.limits, svc.config.helpdesk)
+                # The filer has nothing to do before the first batch is parsed: it parses its first
+                # quarter itself meanwhile (and starts filing at once) while the helper does the rest.
+                batch.inline = len(batch.raws) // 4 if filing is None and not commits else 0
+                batch.parsing = helper.parse_ahead(batch.raws[batch.inline:], svc.config.limits,
+                                                   svc.config.helpdesk)
             if filing is not None:
                 commits.append(filing.result())
                 filing = None
@@ -252,7 +262,7 @@ def _file_locked(batch: _Batch | None, mailbox: Mailbox, svc: Services, ledger: 
     commit happens now, before the lock is released (file-by-file fsyncs sync whatever a file holds).
     """
     sync = svc.store.sync
-    current = _Filed([], [])
+    current = _Filed([], [], last=batch is not None and batch.last)
     with svc.write_lock():
         with sync.collect() as touched:
             try:
@@ -289,7 +299,7 @@ def _file_each(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, r
                current: _Filed, earlier: frozenset[str]) -> None:
     """File each message; with the helper, the mail each asks for is collected in ``current.jobs``
     (not what the batch before asked for already: ``earlier``, its jobs' outbox ids)."""
-    messages = helper.parsed(batch.parsing, len(batch.raws))
+    messages = _parsed(batch)
     jobs: list[MailJob] = []  # the whole batch's: a second copy of a message asks for nothing more
     collect = collecting(jobs, earlier) if svc.config.mail_gateway.helper_process else contextlib.nullcontext()
     with svc.store.ids_reserved(len(batch.items)), collect:
@@ -307,6 +317,13 @@ def _file_each(batch: _Batch, mailbox: Mailbox, svc: Services, ledger: Ledger, r
             current.entries.append((item, upstream_id))
 
 
+def _parsed(batch: _Batch) -> Iterator[Message | None]:
+    """What the helper parsed for each message (None: the filer parses it), waited for only once
+    the messages the filer parses itself are filed."""
+    yield from [None] * batch.inline
+    yield from helper.parsed(batch.parsing, len(batch.raws) - batch.inline)
+
+
 def _queue_mail(pending: list[_Filed], current: _Filed, now: bool, svc: Services,
                 done: list[tuple[Listed, str]]) -> TransientError | None:
     """Queue the mail of the batch filed before (the helper composed it meanwhile), then hand this
@@ -318,7 +335,10 @@ def _queue_mail(pending: list[_Filed], current: _Filed, now: bool, svc: Services
             done.extend(pending.pop().entries)
         svc.sent.flush()  # this batch's rate-limit lines, before any of its mail is written
         if current.jobs and not now:
-            current.composing = helper.compose_ahead(svc.config, svc.templates, [job for job, _ in current.jobs],
+            jobs = [job for job, _ in current.jobs]
+            # After the last batch the filer would only wait for its mail: it composes half itself then.
+            current.kept = len(jobs) // 2 if current.last else 0
+            current.composing = helper.compose_ahead(svc.config, svc.templates, jobs[:len(jobs) - current.kept],
                                                      write=svc.store.sync.commits_may_overlap)
             pending.append(current)
         else:
@@ -332,9 +352,12 @@ def _queue_mail(pending: list[_Filed], current: _Filed, now: bool, svc: Services
 
 
 def _finish(filed: _Filed, svc: Services) -> None:
-    """Queue (or record as queued) what the helper composed for ``filed`` (composed here if it could not)."""
+    """Queue (or record as queued) what the helper composed for ``filed`` (composed here if it could not),
+    and what it left to the filer (``filed.kept``: composed first, while the helper finishes)."""
     jobs = [job for job, _ in filed.jobs]
-    answers = helper.composed(filed.composing, svc.config, svc.templates, jobs)
+    share = len(jobs) - filed.kept
+    kept = helper.compose_batch(svc.config, svc.templates, jobs[share:]) if filed.kept else []
+    answers = helper.composed(filed.composing, svc.config, svc.templates, jobs[:share]) + kept
     unwritten = None
     with svc.store.unit():
         for (job, inbound), answer in zip(filed.jobs, answers):

@@ -138,6 +138,39 @@ def test_pop3_files_the_same_with_or_without_the_helper(dovecot, tmp_path, helpe
 
 
 @pop3
+def test_the_filer_parses_part_of_the_first_batch_and_composes_part_of_the_last_batchs_mail(
+        dovecot, tmp_path, monkeypatch):
+    """At a session's start the filer would wait for the helper to parse the first batch, and at its
+    end for the helper to compose the last batch's mail: it does a share of each itself meanwhile."""
+    from helpdeskd import gateway
+
+    parse_real, compose_real, parsed, composed, inline = helper.parse_ahead, helper.compose_ahead, [], [], []
+    monkeypatch.setattr(gateway.helper, "parse_ahead",
+                        lambda raws, *a: parsed.append(len(raws)) or parse_real(raws, *a))
+    monkeypatch.setattr(gateway.helper, "compose_ahead",
+                        lambda config, templates, jobs, write: composed.append(len(jobs))
+                        or compose_real(config, templates, jobs, write))
+    real_batch = helper.compose_batch
+    monkeypatch.setattr(gateway.helper, "compose_batch",
+                        lambda config, templates, jobs, *a: inline.append(len(jobs))
+                        or real_batch(config, templates, jobs, *a))
+    box = Box(dovecot, tmp_path)
+    box.put(*many(11), SPANISH)
+    svc = services(tmp_path, box.entry(batch=8))
+    result = poll_pop3(svc.config.mailboxes[0], svc)
+    assert result.error is None and result.counts == {"new": 12} and box.left == 0
+    assert parsed == [6, 4]  # the first batch's first quarter parsed by the filer
+    per_message = composed[0] // 8
+    assert per_message >= 1 and composed == [8 * per_message, 2 * per_message]  # the last batch: half each
+    assert [count for count in inline if count] == [2 * per_message]  # (and no other batch's)
+    assert len(tickets(svc)) == 12 and len(answers(svc)) == 12
+    assert sorted(event["type"] for t in tickets(svc) for event in svc.store.events(t.id)).count(
+        "reply_queued") == 12 * per_message  # every mail queued and recorded once
+    spanish = next(t for t in tickets(svc) if t.subject == "No puedo enviar correo")
+    assert spanish.requester.language == "es"
+
+
+@pop3
 def test_pop3_files_everything_when_the_helper_dies_mid_session(dovecot, tmp_path, monkeypatch):
     from helpdeskd import gateway
 
