@@ -205,6 +205,44 @@ def uids_on_server(svc: Services) -> list[str]:
     return [m.uid for m in listed]
 
 
+def _reference_multiline(lines: list[bytes]) -> bytes:
+    """A multi-line answer's body as RFC 1939 reads it, a line at a time (poplib's way)."""
+    body = []
+    for line in lines:
+        if line in (b".\r\n", b".\n"):
+            return b"".join(body)
+        body.append(line[1:] if line.startswith(b".") else line)
+    raise AssertionError("no terminating dot")
+
+
+def test_a_multi_line_answer_is_read_as_a_line_by_line_reader_reads_it():
+    """Whatever way the reads cut the stream (a buffer of 1 to 64 bytes), the body is what a line by
+    line reader gets, with the dots unstuffed, and the answer after it stays unread."""
+    import io
+    import random
+
+    from helpdeskd.sources.pop3 import read_multiline
+
+    rng = random.Random(3)
+    pieces = [b"", b".", b"..", b"...", b"a", b".a", b"..a", b"\r", b" .", b"x.y", b"\xc3\xb1"]
+    for _ in range(400):
+        end = rng.choice([b"\r\n", b"\n"])
+        lines = [b"".join(rng.choices(pieces, k=rng.randrange(4))) + end for _ in range(rng.randrange(6))]
+        sent = b"".join(b"." + line if line.startswith(b".") else line for line in lines)  # stuffed
+        stream = sent + b"." + end + b"+OK next\r\n"
+        reader = io.BufferedReader(io.BytesIO(stream), buffer_size=rng.choice([1, 2, 3, 4, 5, 7, 16, 64]))
+        expected = _reference_multiline([line + b"\n" for line in stream.split(b"\n")][:-1])
+        assert expected == b"".join(lines)
+        assert read_multiline(reader, 1 << 20) == (expected, False), stream
+        assert reader.read() == b"+OK next\r\n"  # the next answer, untouched
+    reader = io.BufferedReader(io.BytesIO(b"12345\r\n..6\r\n.\r\n+OK"), buffer_size=4)
+    assert read_multiline(reader, 9) == (b"", True) and reader.read() == b"+OK"  # over the cap: read, dropped
+    reader = io.BufferedReader(io.BytesIO(b"12345\r\n..6\r\n.\r\n"), buffer_size=4)
+    assert read_multiline(reader, 11) == (b"12345\r\n.6\r\n", False)  # (12 bytes as sent, 11 unstuffed)
+    with pytest.raises(poplib.error_proto, match="EOF"):
+        read_multiline(io.BufferedReader(io.BytesIO(b"cut short\r\n.."), buffer_size=8), 100)
+
+
 def test_filed_bytes_are_the_bytes_delivered(dovecot, tmp_path):
     box = Box(dovecot, tmp_path)
     raw = mail(body="Línea uno\r\n.empieza con punto\r\n..dos puntos\r\nfin")

@@ -18,7 +18,9 @@ Contracts:
 
 from __future__ import annotations
 
+import io
 import poplib
+import re
 import socket
 import ssl
 from dataclasses import dataclass
@@ -78,23 +80,7 @@ class _Client(poplib.POP3):
         return line.rstrip(b"\r\n"), len(line)
 
     def multiline(self, cap: int) -> tuple[bytes, bool]:
-        """The body of a multi-line answer exactly as sent (CRLF kept, dots unstuffed).
-
-        Keeps at most ``cap`` bytes but always reads to the terminating dot, so the session stays
-        in step; the flag says whether bytes were dropped.
-        """
-        readline, parts, size = self.file.readline, [], 0
-        while True:
-            line = readline(MAX_LINE + 1)
-            if not line:
-                raise poplib.error_proto("-ERR EOF in a multi-line answer")
-            if line in (b".\r\n", b".\n"):
-                return b"".join(parts), size > cap
-            if line[:1] == b".":
-                line = line[1:]
-            size += len(line)
-            if size <= cap:
-                parts.append(line)
+        return read_multiline(self.file, cap)
 
     def send_all(self, commands: list[bytes]) -> None:
         self.sock.sendall(b"".join(c + b"\r\n" for c in commands))
@@ -102,6 +88,41 @@ class _Client(poplib.POP3):
     def status(self) -> tuple[bool, bytes]:
         line, _ = self._getline()
         return line.startswith(b"+"), line
+
+
+_END = re.compile(rb"\n\.\r?\n")  # the line holding only a dot, which ends a multi-line answer
+
+
+def read_multiline(file: io.BufferedReader, cap: int) -> tuple[bytes, bool]:
+    """The body of a multi-line answer exactly as sent (line ends kept, dots unstuffed), read from
+    ``file`` (the connection's buffered reader; what follows the answer stays in its buffer).
+
+    Keeps nothing of an answer longer than ``cap`` bytes but always reads to the terminating dot,
+    so the session stays in step; the flag says whether it was dropped. The answer is taken as the
+    buffer holds it, not a line at a time: a ~4 KB message is one or two searches, not ~55 reads.
+    """
+    parts, held, tail = [], 0, b"\n"  # tail: the last bytes read (at first, the status line's end)
+    while True:
+        data = file.peek(1)  # what the buffer holds (one read from the socket if it held nothing)
+        if not data:
+            raise poplib.error_proto("-ERR EOF in a multi-line answer")
+        found = _END.search(tail + data[:4])  # a dot line that began in the bytes read before
+        end = found and found.end() - len(tail)
+        if found is None and (found := _END.search(data)) is not None:
+            end = found.end()
+        chunk = file.read(len(data) if found is None else end)
+        held += len(chunk)
+        if held <= cap + 5:  # (5: the longest dot line, which is not kept)
+            parts.append(chunk)
+        if found is not None:
+            break
+        tail = (tail + chunk)[-4:]
+    if held > cap + 5:
+        return b"", True
+    body = b"".join(parts)
+    body = body[:len(body) - (found.end() - found.start() - 1)]  # the dot line, after its "\n"
+    body = (body[1:] if body.startswith(b".") else body).replace(b"\n.", b"\n")  # a line's first dot
+    return (b"", True) if len(body) > cap else (body, False)
 
 
 class Pop3Session:
