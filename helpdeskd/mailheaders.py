@@ -25,7 +25,7 @@ from helpdeskd.message import Address
 from helpdeskd.parsestate import ParseState
 
 __all__ = [
-    "addresses", "collapse", "decode_headers", "decode_words", "first_message_id", "from_8bit",
+    "RawHeaders", "addresses", "collapse", "decode_headers", "decode_words", "first_message_id", "from_8bit",
     "languages", "message_ids", "raw_header", "repair_8bit_params", "return_path", "sanitise",
 ]
 
@@ -56,16 +56,30 @@ def _header_text(name: str, value: object, state: ParseState) -> str:
     return _cap_text(sanitise(text).strip(), name, state)
 
 
-def raw_header(root: MimePart, name: str, state: ParseState) -> str:
+class RawHeaders:
+    """A part's headers as sent, by lower-cased name (each name's values in order). A parse looks up
+    about a dozen names; each walk over every header (as ``Message.get`` does) costs about as much
+    as making this once."""
+
+    __slots__ = ("_by_name",)
+
+    def __init__(self, part: MimePart) -> None:
+        self._by_name: dict[str, list] = {}
+        for key, value in part.raw_items():
+            self._by_name.setdefault(str(key).strip().lower(), []).append(value)
+
+    def all(self, name: str) -> list:
+        return self._by_name.get(name, [])
+
+
+def raw_header(headers: RawHeaders, name: str, state: ParseState) -> str:
     """First header ``name`` unfolded and capped, 8-bit decoded, encoded-words left alone."""
-    for key, value in root.raw_items():
-        if str(key).strip().lower() == name:
-            return _raw_value(name, value, state)
-    return ""
+    values = headers.all(name)
+    return _raw_value(name, values[0], state) if values else ""
 
 
-def _raw_all(root: MimePart, name: str, state: ParseState) -> list[str]:
-    return [_raw_value(name, v, state) for k, v in root.raw_items() if str(k).strip().lower() == name]
+def _raw_all(headers: RawHeaders, name: str, state: ParseState) -> list[str]:
+    return [_raw_value(name, value, state) for value in headers.all(name)]
 
 
 def _raw_value(name: str, value: object, state: ParseState) -> str:
@@ -195,13 +209,13 @@ def _join_words(pieces: list[str | tuple[str, bytes]], state: ParseState) -> lis
 _ADDR_FALLBACK = re.compile(r"[^\s<>(),;:\"']+@[^\s<>(),;:\"']+")
 
 
-def addresses(root: MimePart, name: str, state: ParseState) -> tuple[Address, ...]:
+def addresses(headers: RawHeaders, name: str, state: ParseState) -> tuple[Address, ...]:
     """Mailboxes of every ``name`` header: addr lower-cased, display name RFC 2047-decoded.
 
     The raw (still encoded) value is split first, so a comma or bracket inside an encoded
     display name cannot forge an extra address.
     """
-    values = _raw_all(root, name, state)
+    values = _raw_all(headers, name, state)
     if not values:
         return ()
     words: list[str] = []
@@ -273,12 +287,12 @@ def _address(name: str, addr: str, state: ParseState) -> Address:
     return Address(addr=clean_addr, name=collapse(sanitise(decode_words(name, state))))
 
 
-def return_path(root: MimePart, state: ParseState) -> str | None:
+def return_path(headers: RawHeaders, state: ParseState) -> str | None:
     """None without a Return-Path header; "" for the null sender ``<>``; else the address,
     lower-cased (a bare "<MAILER-DAEMON>" is kept as "mailer-daemon")."""
-    if not any(str(key).strip().lower() == "return-path" for key in root.keys()):
+    if not headers.all("return-path"):
         return None
-    value = raw_header(root, "return-path", state)
+    value = raw_header(headers, "return-path", state)
     found = _ADDR_FALLBACK.search(value)
     if found:
         return found.group(0).lower()

@@ -24,7 +24,7 @@ from email.policy import compat32
 from helpdeskd.charsets import decode_bytes
 from helpdeskd.htmltext import html_to_text
 from helpdeskd.mailheaders import (
-    collapse, decode_words, first_message_id, from_8bit, raw_header, repair_8bit_params, sanitise,
+    RawHeaders, collapse, decode_words, first_message_id, from_8bit, raw_header, repair_8bit_params, sanitise,
 )
 from helpdeskd.message import Attachment
 from helpdeskd.parsestate import ParseState
@@ -204,7 +204,7 @@ def _note_embedded_id(part: MimePart, data: bytes, state: ParseState) -> None:
             inner = BytesHeaderParser(policy=compat32).parsebytes(data)
         except (LookupError, UnicodeError, ValueError, TypeError):
             return
-    message_id = first_message_id(raw_header(inner, "message-id", state))
+    message_id = first_message_id(raw_header(RawHeaders(inner), "message-id", state))
     if message_id:
         state.embedded_ids.append(message_id)
 
@@ -243,7 +243,7 @@ def _nested_subject(part: MimePart, state: ParseState) -> str:
     inner = inner[0] if isinstance(inner, list) and inner else None
     if not isinstance(inner, MimePart):
         return ""
-    subject = collapse(decode_words(raw_header(inner, "subject", state), state))
+    subject = collapse(decode_words(raw_header(RawHeaders(inner), "subject", state), state))
     return f"{subject or 'message'}.eml"
 
 

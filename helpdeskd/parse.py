@@ -24,7 +24,8 @@ from email.parser import BytesHeaderParser, BytesParser
 from email.policy import compat32
 
 from helpdeskd.mailheaders import (
-    addresses, collapse, decode_headers, first_message_id, languages, message_ids, raw_header, return_path,
+    RawHeaders, addresses, collapse, decode_headers, first_message_id, languages, message_ids, raw_header,
+    return_path,
 )
 from helpdeskd.message import Address, Message
 from helpdeskd.mimewalk import body_and_attachments, describe_defect
@@ -139,9 +140,9 @@ def _build(raw: bytes, root: MimePart, state: ParseState, *, text: str, html: bo
     """Assemble the value from the parsed tree and the decoded body."""
     for defect in root.defects:
         state.defect(describe_defect(defect))
-    headers = decode_headers(root, state)
+    headers, sent = decode_headers(root, state), RawHeaders(root)
     first = _first_values(headers)
-    message_id = first_message_id(raw_header(root, "message-id", state))
+    message_id = first_message_id(raw_header(sent, "message-id", state))
     if not message_id:
         state.defect("missing Message-ID")
     if not any(name == "from" for name, _ in headers):
@@ -150,13 +151,13 @@ def _build(raw: bytes, root: MimePart, state: ParseState, *, text: str, html: bo
         key=message_key(message_id, raw),
         message_id=message_id,
         subject=collapse(first.get("subject", "")),
-        sender=_first(addresses(root, "from", state)),
-        reply_to=addresses(root, "reply-to", state),
-        to=addresses(root, "to", state),
-        cc=addresses(root, "cc", state),
-        return_path=return_path(root, state),
-        in_reply_to=message_ids(raw_header(root, "in-reply-to", state)),
-        references=message_ids(raw_header(root, "references", state)),
+        sender=_first(addresses(sent, "from", state)),
+        reply_to=addresses(sent, "reply-to", state),
+        to=addresses(sent, "to", state),
+        cc=addresses(sent, "cc", state),
+        return_path=return_path(sent, state),
+        in_reply_to=message_ids(raw_header(sent, "in-reply-to", state)),
+        references=message_ids(raw_header(sent, "references", state)),
         date=collapse(first.get("date", "")),
         languages=languages(first.get("content-language", ""), first.get("accept-language", "")),
         text=text,
