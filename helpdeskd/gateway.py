@@ -20,6 +20,8 @@ With the helper process (``[mail_gateway] helper_process``, see ``helper.py``), 
 as soon as it is retrieved, and composes the mail that filing a batch asks for while the filer files
 the next one; the filer then queues that mail, and the commit after it completes the earlier batch.
 So a batch is ledgered and DELE'd one commit later: once its tickets and its outgoing mail are durable.
+The filer is what sets the pace; where it would wait for the helper — the session's first batch being
+parsed, its last batch's mail being composed — it does a share of that work itself.
 
 Oversized messages (LIST size over the limit) are never downloaded whole: their headers (TOP) become
 a ticket with a note, or are kept in ``refused/`` with an answer to the sender (``oversized``).
