@@ -49,7 +49,7 @@ from .fsutil import (Syncer, append_line, atomic_write, count_entries, create_ex
 
 LAYOUT = "index/layout"  # present: index entries are one level down (see the module docstring)
 _TICKET_FIELDS = {f.name for f in fields(Ticket)} - {"extra", "requester", "status"}
-RECENT_HISTORIES = 1024  # see TicketStore._recent: two batches of new tickets, and more
+RECENT_HISTORIES = 256  # see TicketStore._recent: two batches of 128 new tickets (~1 MB at most)
 # One encoder each, made once: json.dumps with options makes a new one per call (~1 us of 2-4).
 # Records are trees this module builds (no cycles to look for: a tenth of an encoding's cost).
 _EVENT_JSON = json.JSONEncoder(ensure_ascii=False, sort_keys=True, check_circular=False)
