@@ -170,7 +170,8 @@ class _Component:
         self._logger: Any = None
 
     def __getattr__(self, name: str) -> Any:
-        if self._made != _generation:
+        made = _generation  # (read first: a reload meanwhile makes the next line build it again)
+        if self._made != made:
             self._logger = structlog.get_logger().bind(component=self._component)
-            self._made = _generation
+            self._made = made
         return getattr(self._logger, name)

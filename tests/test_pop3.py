@@ -239,6 +239,12 @@ def test_a_multi_line_answer_is_read_as_a_line_by_line_reader_reads_it():
     assert read_multiline(reader, 9) == (b"", True) and reader.read() == b"+OK"  # over the cap: read, dropped
     reader = io.BufferedReader(io.BytesIO(b"12345\r\n..6\r\n.\r\n"), buffer_size=4)
     assert read_multiline(reader, 11) == (b"12345\r\n.6\r\n", False)  # (12 bytes as sent, 11 unstuffed)
+    body = b"".join(b".%07d\r\n" % i for i in range(10))  # 100 bytes, every line starting with a dot
+    for buffer_size in (1, 3, 7, 64):
+        reader = io.BufferedReader(io.BytesIO(body.replace(b".", b"..") + b".\r\n+OK"), buffer_size=buffer_size)
+        assert read_multiline(reader, 100) == (body, False) and reader.read() == b"+OK"  # the cap: unstuffed
+        reader = io.BufferedReader(io.BytesIO(body.replace(b".", b"..") + b".\r\n+OK"), buffer_size=buffer_size)
+        assert read_multiline(reader, 99) == (b"", True) and reader.read() == b"+OK"
     with pytest.raises(poplib.error_proto, match="EOF"):
         read_multiline(io.BufferedReader(io.BytesIO(b"cut short\r\n.."), buffer_size=8), 100)
 

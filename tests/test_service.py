@@ -150,8 +150,24 @@ def test_a_component_logger_is_made_once_and_again_after_each_setup(monkeypatch)
     log.info("now_shown")
     log.info("again")
     assert len(made) == 2
+    logs.setup("warning", json=True, stream=out)
+
+    class ReloadedMeanwhile:  # a reload in another thread just after the logger is made
+        def __init__(self, *args, **kwargs):
+            made.append(1)
+            self.proxy = real(*args, **kwargs)
+
+        def bind(self, **context):
+            bound = self.proxy.bind(**context)  # with the configuration in force: warning
+            logs.setup("info", json=True, stream=out)
+            return bound
+
+    monkeypatch.setattr(structlog, "get_logger", ReloadedMeanwhile)
+    log.info("made_before_the_reload")  # made with the old configuration (warning): not shown
+    monkeypatch.setattr(structlog, "get_logger", real)
+    log.info("after_it")  # made again: the reload's level
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert [line["event"] for line in lines] == ["shown", "now_shown", "again"]
+    assert [line["event"] for line in lines] == ["shown", "now_shown", "again", "after_it"]
     assert lines[0]["path"] == "PosixPath('/x')" and lines[0]["component"] == "intake"
     logs.setup("info")
 

@@ -97,11 +97,11 @@ def read_multiline(file: io.BufferedReader, cap: int) -> tuple[bytes, bool]:
     """The body of a multi-line answer exactly as sent (line ends kept, dots unstuffed), read from
     ``file`` (the connection's buffered reader; what follows the answer stays in its buffer).
 
-    Keeps nothing of an answer longer than ``cap`` bytes but always reads to the terminating dot,
+    Keeps nothing of an answer longer than ``cap`` bytes (unstuffed) but always reads to the end,
     so the session stays in step; the flag says whether it was dropped. The answer is taken as the
     buffer holds it, not a line at a time: a ~4 KB message is one or two searches, not ~55 reads.
     """
-    parts, held, tail = [], 0, b"\n"  # tail: the last bytes read (at first, the status line's end)
+    parts, held, dots, tail = [], 0, 0, b"\n"  # tail: the last bytes read (at first, the status line's end)
     while True:
         data = file.peek(1)  # what the buffer holds (one read from the socket if it held nothing)
         if not data:
@@ -111,13 +111,15 @@ def read_multiline(file: io.BufferedReader, cap: int) -> tuple[bytes, bool]:
         if found is None and (found := _END.search(data)) is not None:
             end = found.end()
         chunk = file.read(len(data) if found is None else end)
+        # held - dots: the body's size once unstuffed, plus what is left of the end line ("\r\n")
         held += len(chunk)
-        if held <= cap + 5:  # (5: the longest dot line, which is not kept)
+        dots += chunk.count(b"\n.") + (tail[-1:] == b"\n" and chunk[:1] == b".")  # dots that start lines
+        if held - dots <= cap + 2:
             parts.append(chunk)
         if found is not None:
             break
         tail = (tail + chunk)[-4:]
-    if held > cap + 5:
+    if held - dots > cap + 2:
         return b"", True
     body = b"".join(parts)
     body = body[:len(body) - (found.end() - found.start() - 1)]  # the dot line, after its "\n"
