@@ -189,7 +189,7 @@ def _pipeline(session: Pop3Session, items: list[Listed], limit: int, mailbox: Ma
             if svc.config.mail_gateway.helper_process:
                 # The filer has nothing to do before the first batch is parsed: it parses its first
                 # quarter itself meanwhile (and starts filing at once) while the helper does the rest.
-                batch.inline = len(batch.raws) // 4 if filing is None and not commits else 0
+                batch.inline = len(batch.raws) // 4 if number == 1 else 0
                 batch.parsing = helper.parse_ahead(batch.raws[batch.inline:], svc.config.limits,
                                                    svc.config.helpdesk)
             if filing is not None:

@@ -52,7 +52,7 @@ class Ticket:
     def with_changes(self, **changes) -> "Ticket":
         """``dataclasses.replace(self, **changes)`` at a sixth of the cost (a message's filing makes
         one or more): the fields copied as they are, those named replaced (no other checks to skip)."""
-        unknown = changes.keys() - _TICKET_FIELDS
+        unknown = changes.keys() - _FIELDS
         if unknown:
             raise TypeError(f"Ticket has no field {sorted(unknown)[0]!r}")
         changed = object.__new__(Ticket)
@@ -67,4 +67,4 @@ class Ticket:
         return tuple(dict.fromkeys(a for a in (self.requester.addr, *self.collaborators) if a))
 
 
-_TICKET_FIELDS = frozenset(f.name for f in fields(Ticket))
+_FIELDS = frozenset(f.name for f in fields(Ticket))

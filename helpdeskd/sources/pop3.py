@@ -107,10 +107,13 @@ def read_multiline(file: io.BufferedReader, cap: int) -> tuple[bytes, bool]:
         if not data:
             raise poplib.error_proto("-ERR EOF in a multi-line answer")
         found = _END.search(tail + data[:4])  # a dot line that began in the bytes read before
-        end = found and found.end() - len(tail)
-        if found is None and (found := _END.search(data)) is not None:
+        if found is not None:
+            end = found.end() - len(tail)
+        elif (found := _END.search(data)) is not None:
             end = found.end()
-        chunk = file.read(len(data) if found is None else end)
+        else:
+            end = len(data)
+        chunk = file.read(end)
         # held - dots: the body's size once unstuffed, plus what is left of the end line ("\r\n")
         held += len(chunk)
         dots += chunk.count(b"\n.") + (tail[-1:] == b"\n" and chunk[:1] == b".")  # dots that start lines
